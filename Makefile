@@ -1,0 +1,48 @@
+# ddpgrad: `make train` runs the example on 4 MPI ranks, `make test` runs the whole suite.
+# Both create .venv and install what they need on a machine with nothing but Python >= 3.10.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+NP     ?= 4
+MPI_SIZES ?= 1 2 3 4
+# One BLAS thread per rank: ranks must not fight over cores (see launch/README.md).
+export OPENBLAS_NUM_THREADS ?= 1
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test test-unit test-mpi bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[mpi,test,examples]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/python launch/ddprun.py -n $(NP) examples/train_mlp.py $(ARGS)
+
+test: test-unit test-mpi
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests --ignore=tests/mpi
+
+# Each MPI run has an outer deadline so that a hang fails in minutes instead of stalling CI.
+test-mpi: $(STAMP)
+	@for n in $(MPI_SIZES); do \
+	  echo "== tests/mpi on $$n rank(s)"; \
+	  timeout -k 10 600 $(BIN)/mpiexec -n $$n $(BIN)/python -m pytest --with-mpi -x -q \
+	    -p no:cacheprovider -o timeout_method=thread --timeout 240 tests/mpi || exit 1; \
+	done
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

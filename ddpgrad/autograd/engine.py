@@ -1,0 +1,162 @@
+"""The backward engine: an iterative walk of the graph, by dependency counts, no recursion.
+
+1. From the roots, count for every reachable node how many edges point into it.
+2. Nodes whose count is zero are ready; the latest-created ready node runs first (a heap on the
+   creation sequence, as PyTorch does), so leaf gradients become final roughly in reverse order of
+   the forward pass, which is what lets the gradient reducer start communication early.
+3. Gradients reaching a node are summed before it runs. Leaves add their gradient *in place* into
+   an existing ``.grad`` buffer, then fire their post-accumulate hooks once.
+4. Callbacks queued during the pass run when it ends.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+
+from .function import _FREED_MESSAGE, AccumulateGrad
+from .grad_mode import no_grad
+
+
+class _EngineState(threading.local):
+    callbacks = None  # list while a backward pass runs on this thread
+
+
+_state = _EngineState()
+
+
+def queue_callback(fn):
+    """Run ``fn()`` once, when the backward pass now running on this thread finishes."""
+    if _state.callbacks is None:
+        raise RuntimeError("queue_callback can only be called while a backward pass is running")
+    _state.callbacks.append(fn)
+
+
+def unbroadcast(grad, shape):
+    """Sum ``grad`` down to ``shape``: the adjoint of NumPy broadcasting."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra < 0:
+        return grad.reshape(shape)
+    axes = tuple(range(extra)) + tuple(
+        i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1
+    )
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+def run_backward(roots, root_grads, retain_graph=False, capture=None):
+    """Backpropagate ``root_grads`` (arrays) from ``roots`` (Tensors).
+
+    Without ``capture``, leaf gradients accumulate into ``.grad``. With ``capture`` (a dict
+    mapping nodes to None), gradients reaching those nodes are stored there instead and no
+    ``.grad`` is touched (``autograd.grad``).
+    """
+    buffers = {}
+    for t, g in zip(roots, root_grads):
+        node = t.grad_fn if t.grad_fn is not None else t._accumulator()
+        buffers[node] = buffers[node] + g if node in buffers else g
+
+    deps = {}
+    stack = list(buffers)
+    seen = set(stack)
+    while stack:
+        for parent in stack.pop().next_nodes:
+            if parent is None:
+                continue
+            deps[parent] = deps.get(parent, 0) + 1
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+
+    tiebreak = 0
+    ready = []
+    for node in buffers:
+        if node not in deps:
+            ready.append((-node.seq, tiebreak, node))
+            tiebreak += 1
+    heapq.heapify(ready)
+
+    outer_callbacks = _state.callbacks
+    _state.callbacks = callbacks = []
+    try:
+        with no_grad():
+            while ready:
+                node = heapq.heappop(ready)[2]
+                grad = buffers.pop(node)
+                if node.pre_hooks:
+                    grad = _run_pre_hooks(node.pre_hooks, grad)
+                if capture is not None and node in capture:
+                    capture[node] = grad
+                if type(node) is AccumulateGrad:
+                    if capture is None:
+                        _accumulate(node.variable, grad)
+                    continue
+                if node.saved is None:
+                    raise RuntimeError(_FREED_MESSAGE)
+                if node.versions:
+                    _check_versions(node)
+                grads = node.backward(node, grad)
+                if type(grads) is not tuple:
+                    grads = (grads,)
+                if not retain_graph:
+                    node.release()
+                for parent, g, meta in zip(node.next_nodes, grads, node.input_meta):
+                    if parent is None or g is None:
+                        continue
+                    shape, dtype = meta
+                    if g.shape != shape:
+                        g = unbroadcast(g, shape)
+                    if g.dtype != dtype:
+                        g = g.astype(dtype)
+                    if parent in buffers:
+                        buffers[parent] = buffers[parent] + g
+                    else:
+                        buffers[parent] = g
+                    left = deps[parent] - 1
+                    deps[parent] = left
+                    if left == 0:
+                        heapq.heappush(ready, (-parent.seq, tiebreak, parent))
+                        tiebreak += 1
+            while callbacks:
+                callbacks.pop(0)()
+    finally:
+        _state.callbacks = outer_callbacks
+
+
+def _run_pre_hooks(hooks, grad):
+    from ..tensor import Tensor
+
+    for hook in hooks:
+        result = hook(Tensor._make(grad))
+        if result is not None:
+            grad = result._data
+    return grad
+
+
+def _accumulate(variable, grad):
+    if variable._hooks:
+        grad = _run_pre_hooks(variable._hooks, grad)
+    existing = variable.grad
+    if existing is None:
+        from ..tensor import Tensor
+
+        variable.grad = Tensor._make(grad.copy())  # a copy: grad may alias another tensor's
+    else:
+        existing._data += grad
+    if variable._post_hooks:
+        for hook in variable._post_hooks:
+            hook(variable)
+
+
+def _check_versions(node):
+    for counter, expected in node.versions:
+        if counter[0] != expected:
+            raise RuntimeError(
+                f"one of the variables needed for gradient computation has been modified by an "
+                f"in-place operation: an input of {node.name} is at version {counter[0]}; expected "
+                f"version {expected} instead. Modify a copy (x = x.clone()) or do the in-place "
+                f"change after backward."
+            )

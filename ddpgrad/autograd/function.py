@@ -1,0 +1,152 @@
+"""``Function``: a differentiable op and, once applied, a node of the graph.
+
+An op is a class with two static methods written on raw arrays (NumPy or CuPy, whichever its
+inputs hold; take the module with ``xp = array_module(x)``)::
+
+    class Mul(Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            ctx.save_for_backward(a, b)
+            return a * b
+
+        @staticmethod
+        def backward(ctx, grad):
+            a, b = ctx.saved_tensors
+            return grad * b, grad * a
+
+``Mul.apply(x, y)`` takes Tensors (or constants), runs ``forward`` and, when a gradient is needed,
+records the call as a node. ``backward`` returns one gradient per positional input (``None`` where
+there is none); the engine sums them over broadcast dimensions and casts them to the input's dtype,
+so an op never has to undo broadcasting itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from ..backend import device_of
+from . import grad_mode
+
+_sequence = itertools.count()
+
+
+class Function:
+    """Base class of differentiable ops; see the module docstring."""
+
+    # Per-node attributes, set by ``apply``: ``next_nodes`` (the node feeding each input, or None),
+    # ``input_meta`` ((shape, dtype) of each input, or None), ``seq`` (creation order), ``saved``.
+
+    pre_hooks = None
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError
+
+    def save_for_backward(self, *arrays):
+        self.saved = arrays
+
+    @property
+    def saved_tensors(self):
+        if self.saved is None:
+            raise RuntimeError(_FREED_MESSAGE)
+        return self.saved
+
+    @property
+    def name(self):
+        return type(self).__name__ + "Backward"
+
+    def release(self):
+        """Drop what forward kept for backward (the graph was used and not retained)."""
+        self.saved = None
+        self.freed = True
+
+    def __repr__(self):
+        return f"<{self.name}>"
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        """Run the op on Tensors (or constants) and record it when a gradient is needed."""
+        arrays = []
+        needs_grad = False
+        first = None
+        for a in args:
+            if isinstance(a, Tensor):
+                arr = a._data
+                if first is None:
+                    first = arr
+                elif type(arr) is not type(first):
+                    _raise_device_mismatch(cls, first, arr)
+                needs_grad = needs_grad or a.requires_grad
+                arrays.append(arr)
+            else:
+                arrays.append(a)
+        ctx = cls.__new__(cls)
+        ctx.saved = ()
+        out = Tensor._make(cls.forward(ctx, *arrays, **kwargs))
+        if needs_grad and grad_mode.state.enabled:
+            nexts, meta, versions = [], [], []
+            saved = ctx.saved
+            for a in args:
+                if isinstance(a, Tensor) and a.requires_grad:
+                    nexts.append(a.grad_fn if a.grad_fn is not None else a._accumulator())
+                    meta.append((a._data.shape, a._data.dtype))
+                    if saved:
+                        for s in saved:
+                            if s is a._data:
+                                versions.append((a._vc, a._vc[0]))
+                                break
+                else:
+                    nexts.append(None)
+                    meta.append(None)
+            if saved:
+                for s in saved:
+                    if s is out._data:
+                        versions.append((out._vc, 0))
+                        break
+            ctx.next_nodes = nexts
+            ctx.input_meta = meta
+            ctx.versions = versions
+            ctx.seq = next(_sequence)
+            out.grad_fn = ctx
+            out.requires_grad = True
+        return out
+
+
+class AccumulateGrad:
+    """The node of a leaf tensor that requires grad: adds incoming gradients into ``.grad``."""
+
+    __slots__ = ("variable", "__weakref__")
+    next_nodes = ()
+    seq = float("inf")  # leaves are accumulated as soon as their gradient is final
+    pre_hooks = None
+
+    def __init__(self, variable):
+        self.variable = variable
+
+    @property
+    def name(self):
+        return "AccumulateGrad"
+
+    def __repr__(self):
+        return "<AccumulateGrad>"
+
+
+_FREED_MESSAGE = (
+    "Trying to backward through the graph a second time (or to read saved values after they were "
+    "freed). Saved intermediate values are freed when you call .backward() or autograd.grad(); "
+    "pass retain_graph=True the first time if you need to backward through the graph again."
+)
+
+
+def _raise_device_mismatch(cls, a, b):
+    raise RuntimeError(
+        f"{cls.__name__}: expected all tensors to be on the same device, but found at least two "
+        f"devices, {device_of(a)} and {device_of(b)}; move them with .to(device) first"
+    )
+
+
+from ..tensor import Tensor  # noqa: E402  (the two modules refer to each other)

@@ -1,0 +1,1 @@
+"""Data-parallel training across ranks: communicators, gradient reducer, DDP wrapper, samplers."""

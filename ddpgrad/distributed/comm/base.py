@@ -1,0 +1,262 @@
+"""The communicator interface every backend implements, its deadline, and what a timeout does.
+
+A collective is started non-blocking and returns a ``Work`` handle; the blocking form is the same
+call followed by ``Work.wait()``, which polls ``test()`` until done or until the communicator's
+``timeout`` has passed. So no collective can wait forever.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------
+# Defaults, each with its reason.
+
+DEFAULT_TIMEOUT_S = 600.0
+"""10 minutes: longer than any healthy step (first-step setup, a checkpoint on a slow disk), short
+enough that a hung job gives its allocation back within the hour."""
+
+TIMEOUT_ENV = "DDPGRAD_TIMEOUT"
+"""Seconds; overrides ``DEFAULT_TIMEOUT_S`` for every communicator not given an explicit timeout."""
+
+NO_ABORT_ENV = "DDPGRAD_NO_ABORT"
+"""Set to "1" to raise instead of aborting the MPI job on an error (for debugging one rank)."""
+
+POLL_PAUSE_MIN_S = 20e-6
+"""First pause between two ``test()`` calls: about a small allreduce's latency, so short
+collectives are not slowed down by the wait loop."""
+
+POLL_PAUSE_MAX_S = 1e-3
+"""The pause doubles up to this: at most 1 ms added latency, while a waiting rank leaves its core
+to the others (ranks often outnumber cores)."""
+
+REDUCE_OPS = ("sum", "max", "min", "prod")
+"""Element-wise reductions; an average is a sum divided by ``size`` by the caller."""
+
+SUPPORTED_DTYPES = tuple(
+    np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.uint16, np.uint8)
+)
+"""uint16 carries bfloat16 bit patterns; uint8 carries pickled metadata."""
+
+
+def resolve_timeout(timeout=None) -> float:
+    """The deadline in seconds: ``timeout`` if given, else ``$DDPGRAD_TIMEOUT``, else the default."""
+    source = "timeout"
+    if timeout is None:
+        timeout, source = os.environ.get(TIMEOUT_ENV), TIMEOUT_ENV
+    if timeout is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise ValueError(f"{source} must be a positive number of seconds, got {timeout!r}")
+    return seconds
+
+
+def abort_disabled() -> bool:
+    return os.environ.get(NO_ABORT_ENV) == "1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors.
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective did not complete within the communicator's timeout."""
+
+    def __init__(self, work: Work, waited: float):
+        self.comm, self.collective, self.describe, self.waited = work.comm, work.collective, work.describe, waited
+        super().__init__(
+            f"rank {work.comm.rank} of {work.comm.size}: {work.collective} ({work.describe}) did not "
+            f"complete after waiting {waited:.1f} s. Some rank never joined it: check that every "
+            f"rank calls the same collectives in the same order (no rank skipped a step, took "
+            f"another branch, or died); if a rank is only slow, raise {TIMEOUT_ENV}=<seconds>."
+        )
+
+
+class CollectiveMismatch(RuntimeError):
+    """Ranks called different collectives, or the same one with different shapes or dtypes."""
+
+
+def on_timeout(exc: CollectiveTimeout):
+    """What every collective timeout does: end the whole job when the ranks are separate processes
+    (the others would wait forever), else raise ``exc`` to the caller."""
+    if exc.comm.aborts_job:
+        exc.comm.abort(str(exc))
+    raise exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Handles and the interface.
+
+
+class Work:
+    """Handle of a started collective: ``wait()`` for it, or ask ``test()`` whether it is done.
+
+    ``describe`` names the operation in timeout messages; callers may set it, e.g.
+    "allreduce of bucket 3 (1.2 MB float32) at step 17". ``wait()`` returns ``result``: the
+    buffer for in-place collectives, the gathered array for allgather.
+    """
+
+    def __init__(self, comm, collective: str, describe: str, result=None):
+        self.comm = comm
+        self.collective = collective
+        self.describe = describe
+        self.result = result
+        self._done = False
+
+    def _poll(self) -> bool:
+        """Backend hook: drive progress, say whether the collective has completed."""
+        return True
+
+    def _finish(self):
+        """Backend hook: runs once, on completion (copy out of scratch buffers)."""
+
+    def _pause(self, seconds: float):
+        """Backend hook: wait between polls; may return early when progress is signalled."""
+        time.sleep(seconds)
+
+    def test(self) -> bool:
+        """True once the collective has completed; never blocks."""
+        if not self._done and self._poll():
+            self._done = True
+            self._finish()
+        return self._done
+
+    def wait(self, timeout: float | None = None):
+        """Block until done; after ``timeout`` (default: the communicator's) seconds, time out."""
+        limit = self.comm.timeout if timeout is None else timeout
+        start = time.monotonic()
+        pause = POLL_PAUSE_MIN_S
+        while not self.test():
+            waited = time.monotonic() - start
+            if waited >= limit:
+                on_timeout(CollectiveTimeout(self, waited))
+            self._pause(min(pause, limit - waited))
+            pause = min(2 * pause, POLL_PAUSE_MAX_S)
+        return self.result
+
+
+def _describe(collective: str, buf: np.ndarray) -> str:
+    return f"{collective} of {buf.nbytes / 1e6:.3g} MB {buf.dtype} shape {buf.shape}"
+
+
+def _check_buffer(buf, collective: str, writable: bool = True):
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"{collective} takes a NumPy array, got {type(buf).__name__}")
+    if buf.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        raise TypeError(f"{collective} does not support dtype {buf.dtype}; use one of {names}")
+    if not buf.flags.c_contiguous:
+        raise ValueError(
+            f"{collective} needs a C-contiguous array (shape {buf.shape}, strides {buf.strides}); "
+            f"pass np.ascontiguousarray(buf) and copy the result back"
+        )
+    if writable and not buf.flags.writeable:
+        raise ValueError(f"{collective} works in place and needs a writeable array")
+
+
+class Communicator:
+    """A group of ``size`` ranks; this process (or thread) is ``rank``.
+
+    Collectives take NumPy arrays (C-contiguous; float16/32/64, int32/64, uint16, uint8; size 0 is
+    fine) and must be called by every rank in the same order. Blocking forms wait at most
+    ``timeout`` seconds (see ``resolve_timeout``).
+    """
+
+    backend = "abstract"
+
+    def __init__(self, rank: int, size: int, timeout: float | None = None):
+        self.rank = rank
+        self.size = size
+        self.timeout = resolve_timeout(timeout)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} rank {self.rank} of {self.size}, timeout {self.timeout:g} s>"
+
+    @property
+    def aborts_job(self) -> bool:
+        """Whether a timeout ends the whole job (separate processes) rather than raising."""
+        return False
+
+    def abort(self, message: str):
+        raise NotImplementedError(f"{type(self).__name__} can not abort a job")
+
+    # -- backend hooks: start a collective on an already-checked buffer, return its Work -------
+    def _iallreduce(self, buf, op, describe) -> Work:
+        raise NotImplementedError
+
+    def _ibroadcast(self, buf, root, describe) -> Work:
+        raise NotImplementedError
+
+    def _iallgather(self, sendbuf, describe) -> Work:
+        raise NotImplementedError
+
+    def _ibarrier(self, describe) -> Work:
+        raise NotImplementedError
+
+    # -- non-blocking ---------------------------------------------------------------------------
+    def iallreduce(self, buf: np.ndarray, op: str = "sum", *, describe: str | None = None) -> Work:
+        """Start reducing ``buf`` across ranks, in place; ``buf`` is not to be touched until done."""
+        _check_buffer(buf, "allreduce")
+        if op not in REDUCE_OPS:
+            raise ValueError(f"allreduce op must be one of {REDUCE_OPS}, got {op!r}")
+        return self._iallreduce(buf, op, describe or _describe(f"allreduce({op})", buf))
+
+    def ibroadcast(self, buf: np.ndarray, root: int = 0, *, describe: str | None = None) -> Work:
+        """Start copying rank ``root``'s ``buf`` into ``buf`` on every rank."""
+        _check_buffer(buf, "broadcast")
+        if not 0 <= root < self.size:
+            raise ValueError(f"broadcast root must be a rank in [0, {self.size}), got {root}")
+        return self._ibroadcast(buf, root, describe or _describe(f"broadcast(root={root})", buf))
+
+    def iallgather(self, sendbuf: np.ndarray, *, describe: str | None = None) -> Work:
+        """Start gathering every rank's ``sendbuf`` (same shape everywhere) into a new array."""
+        _check_buffer(sendbuf, "allgather", writable=False)
+        return self._iallgather(sendbuf, describe or _describe("allgather", sendbuf))
+
+    def ibarrier(self, *, describe: str | None = None) -> Work:
+        """Start a barrier: done once every rank has entered it."""
+        return self._ibarrier(describe or "barrier")
+
+    # -- blocking -------------------------------------------------------------------------------
+    def allreduce(self, buf: np.ndarray, op: str = "sum", *, describe: str | None = None) -> np.ndarray:
+        """Reduce ``buf`` across ranks in place ("sum", "max", "min", "prod"); returns ``buf``."""
+        return self.iallreduce(buf, op, describe=describe).wait()
+
+    def broadcast(self, buf: np.ndarray, root: int = 0, *, describe: str | None = None) -> np.ndarray:
+        """Overwrite ``buf`` on every rank with rank ``root``'s; returns ``buf``."""
+        return self.ibroadcast(buf, root, describe=describe).wait()
+
+    def allgather(self, sendbuf: np.ndarray, *, describe: str | None = None) -> np.ndarray:
+        """Every rank's ``sendbuf`` stacked along a new leading axis of length ``size``."""
+        return self.iallgather(sendbuf, describe=describe).wait()
+
+    def barrier(self, *, describe: str | None = None):
+        """Return once every rank has called ``barrier``."""
+        self.ibarrier(describe=describe).wait()
+
+    # -- small picklable metadata (not for the hot path) ----------------------------------------
+    def allgather_object(self, obj) -> list:
+        """A list of every rank's ``obj``, indexed by rank. Pickles: use for small metadata only."""
+        payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+        lengths = self.allgather(np.array([payload.size], dtype=np.int64), describe="allgather_object (lengths)")
+        padded = np.zeros(int(lengths.max()), dtype=np.uint8)
+        padded[: payload.size] = payload
+        gathered = self.allgather(padded, describe="allgather_object (payload)")
+        return [pickle.loads(row[:n].tobytes()) for row, n in zip(gathered, lengths[:, 0])]
+
+    def broadcast_object(self, obj, root: int = 0):
+        """Rank ``root``'s ``obj`` on every rank (others may pass None). Pickles: small data only."""
+        payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8) if self.rank == root else None
+        length = np.array([0 if payload is None else payload.size], dtype=np.int64)
+        self.broadcast(length, root, describe="broadcast_object (length)")
+        buf = payload.copy() if payload is not None else np.empty(int(length[0]), dtype=np.uint8)
+        self.broadcast(buf, root, describe="broadcast_object (payload)")
+        return pickle.loads(buf.tobytes())

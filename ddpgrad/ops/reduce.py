@@ -1,0 +1,201 @@
+"""Reductions and the softmax family."""
+
+from __future__ import annotations
+
+from ..autograd.function import Function
+from ..backend import array_module
+
+
+def normalize_dims(dim, ndim):
+    """``dim`` (None, int or sequence, possibly negative) as a sorted tuple of axes."""
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    out = []
+    rank = max(ndim, 1)
+    for d in dims:
+        if not -rank <= d < rank:
+            raise IndexError(
+                f"Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], but got {d})"
+            )
+        out.append(d % rank if ndim else 0)
+    return tuple(sorted(set(out))) if ndim else ()
+
+
+def _expand_back(grad, shape, axes, keepdim):
+    """Broadcast a reduced gradient back to the input's shape (a view, no copy)."""
+    xp = array_module(grad)
+    if not keepdim and axes:
+        grad = xp.expand_dims(grad, axes)
+    return xp.broadcast_to(grad, shape)
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, a, dim=None, keepdim=False):
+        axes = normalize_dims(dim, a.ndim)
+        ctx.shape, ctx.axes, ctx.keepdim = a.shape, axes, keepdim
+        return array_module(a).sum(a, axis=axes, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _expand_back(grad, ctx.shape, ctx.axes, ctx.keepdim)
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx, a, dim=None, keepdim=False):
+        axes = normalize_dims(dim, a.ndim)
+        ctx.shape, ctx.axes, ctx.keepdim = a.shape, axes, keepdim
+        count = 1
+        for ax in axes:
+            count *= a.shape[ax]
+        ctx.count = count
+        return array_module(a).mean(a, axis=axes, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _expand_back(grad / ctx.count, ctx.shape, ctx.axes, ctx.keepdim)
+
+
+class Var(Function):
+    """Variance with ``correction`` (1 = Bessel's, PyTorch's default); ``std=True`` for its root."""
+
+    @staticmethod
+    def forward(ctx, a, dim=None, correction=1, keepdim=False, std=False):
+        xp = array_module(a)
+        axes = normalize_dims(dim, a.ndim)
+        count = 1
+        for ax in axes:
+            count *= a.shape[ax]
+        centered = a - a.mean(axis=axes, keepdims=True)
+        var = (centered * centered).sum(axis=axes, keepdims=keepdim) / max(count - correction, 0)
+        out = xp.sqrt(var) if std else var
+        ctx.save_for_backward(centered, out)
+        ctx.axes, ctx.keepdim, ctx.denom, ctx.std = axes, keepdim, count - correction, std
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        centered, out = ctx.saved_tensors
+        xp = array_module(grad)
+        scale = grad / ctx.denom
+        if ctx.std:
+            scale = scale / out
+        else:
+            scale = 2 * scale
+        if not ctx.keepdim and ctx.axes:
+            scale = xp.expand_dims(scale, ctx.axes)
+        return centered * scale
+
+
+class MaxMin(Function):
+    """max/min over ``dim`` (or all): the gradient is shared evenly among tied extremes."""
+
+    @staticmethod
+    def forward(ctx, a, dim=None, keepdim=False, largest=True):
+        xp = array_module(a)
+        if a.size == 0:
+            raise RuntimeError(
+                f"{'max' if largest else 'min'}(): cannot reduce an empty tensor of shape {tuple(a.shape)}"
+            )
+        axes = normalize_dims(dim, a.ndim)
+        out = (xp.max if largest else xp.min)(a, axis=axes, keepdims=True)
+        ctx.save_for_backward(a, out)
+        ctx.axes, ctx.keepdim = axes, keepdim
+        return out if keepdim else out.reshape([n for i, n in enumerate(a.shape) if i not in axes])
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, out = ctx.saved_tensors
+        xp = array_module(grad)
+        mask = a == out
+        count = mask.sum(axis=ctx.axes, keepdims=True)
+        if not ctx.keepdim and ctx.axes:
+            grad = xp.expand_dims(grad, ctx.axes)
+        return mask * (grad / count)
+
+
+class MaxMinDim(Function):
+    """``max(dim)``/``min(dim)`` values; the gradient goes to the index that was chosen."""
+
+    @staticmethod
+    def forward(ctx, a, indices, dim, keepdim=False, largest=True):
+        xp = array_module(a)
+        idx = xp.expand_dims(indices, dim) if not keepdim else indices
+        values = xp.take_along_axis(a, idx, axis=dim)
+        ctx.shape, ctx.idx, ctx.dim, ctx.keepdim = a.shape, idx, dim, keepdim
+        return values if keepdim else values.squeeze(dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp = array_module(grad)
+        if not ctx.keepdim:
+            grad = xp.expand_dims(grad, ctx.dim)
+        out = xp.zeros(ctx.shape, dtype=grad.dtype)
+        xp.put_along_axis(out, ctx.idx, grad, axis=ctx.dim)
+        return out
+
+
+class LogSumExp(Function):
+    @staticmethod
+    def forward(ctx, a, dim, keepdim=False):
+        xp = array_module(a)
+        axes = normalize_dims(dim, a.ndim)
+        m = xp.max(a, axis=axes, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)
+        out = xp.log(xp.sum(xp.exp(a - m), axis=axes, keepdims=True)) + m
+        ctx.save_for_backward(a, out)
+        ctx.axes, ctx.keepdim = axes, keepdim
+        return out if keepdim else out.reshape([n for i, n in enumerate(a.shape) if i not in axes])
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, out = ctx.saved_tensors
+        xp = array_module(grad)
+        if not ctx.keepdim and ctx.axes:
+            grad = xp.expand_dims(grad, ctx.axes)
+        return grad * xp.exp(a - out)
+
+
+def log_softmax_array(a, axis):
+    xp = array_module(a)
+    shifted = a - xp.max(a, axis=axis, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+
+
+def softmax_array(a, axis):
+    xp = array_module(a)
+    e = xp.exp(a - xp.max(a, axis=axis, keepdims=True))
+    e /= xp.sum(e, axis=axis, keepdims=True)
+    return e
+
+
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx, a, dim):
+        out = softmax_array(a, dim)
+        ctx.save_for_backward(out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        gy = grad * out
+        return gy - out * gy.sum(axis=ctx.dim, keepdims=True)
+
+
+class LogSoftmax(Function):
+    @staticmethod
+    def forward(ctx, a, dim):
+        out = log_softmax_array(a, dim)
+        ctx.save_for_backward(out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        xp = array_module(grad)
+        return grad - xp.exp(out) * grad.sum(axis=ctx.dim, keepdims=True)

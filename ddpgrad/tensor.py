@@ -1,0 +1,510 @@
+"""``Tensor``: an array (NumPy or CuPy) plus what autograd needs to differentiate through it."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from . import backend
+from .autograd import grad_mode
+
+
+class Tensor:
+    """A multi-dimensional array that can record the operations applied to it.
+
+    ``_data`` is the raw array. ``grad_fn`` is the node that produced it (None for leaves);
+    ``grad`` holds the accumulated gradient of a leaf after ``backward``.
+    """
+
+    __slots__ = (
+        "_data", "requires_grad", "grad", "grad_fn", "_vc", "_acc",
+        "_hooks", "_post_hooks", "_retains_grad", "__weakref__",
+    )
+    __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected operator
+
+    def __init__(self, data, dtype=None, requires_grad=False, device=None):
+        from .ops.creation import as_array
+
+        self._init(as_array(data, dtype=dtype, device=device))
+        if requires_grad:
+            self.requires_grad_(True)
+
+    def _init(self, array):
+        self._data = array
+        self.requires_grad = False
+        self.grad = None
+        self.grad_fn = None
+        self._vc = [0]
+        self._acc = None
+        self._hooks = None
+        self._post_hooks = None
+        self._retains_grad = False
+
+    @classmethod
+    def _make(cls, array):
+        """Wrap an array without copying or checking it (the internal fast path)."""
+        t = object.__new__(cls)
+        t._data = array
+        t.requires_grad = False
+        t.grad = None
+        t.grad_fn = None
+        t._vc = [0]
+        t._acc = None
+        t._hooks = None
+        t._post_hooks = None
+        t._retains_grad = False
+        return t
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def data(self):
+        """The same values as a tensor outside the graph (shares memory, like PyTorch)."""
+        t = Tensor._make(self._data)
+        t._vc = self._vc
+        return t
+
+    @data.setter
+    def data(self, value):
+        self._data = value._data if isinstance(value, Tensor) else value
+
+    @property
+    def shape(self):
+        return Size(self._data.shape)
+
+    @property
+    def dtype(self):
+        return self._data.dtype
+
+    @property
+    def device(self):
+        return backend.device_of(self._data)
+
+    @property
+    def is_cuda(self):
+        return backend.is_cuda_array(self._data)
+
+    @property
+    def ndim(self):
+        return self._data.ndim
+
+    def dim(self):
+        return self._data.ndim
+
+    def size(self, dim=None):
+        if dim is None:
+            return Size(self._data.shape)
+        return self._data.shape[dim]
+
+    def numel(self):
+        return int(self._data.size)
+
+    nelement = numel
+
+    def element_size(self):
+        return self._data.itemsize
+
+    @property
+    def is_leaf(self):
+        return self.grad_fn is None
+
+    @property
+    def T(self):  # noqa: N802 - PyTorch's name
+        return self.permute(*reversed(range(self.ndim)))
+
+    @property
+    def mT(self):  # noqa: N802
+        return self.transpose(-2, -1)
+
+    @property
+    def _version(self):
+        return self._vc[0]
+
+    def is_floating_point(self):
+        return self._data.dtype.kind == "f"
+
+    # ------------------------------------------------------------------ autograd
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        """Compute the gradient of this tensor with respect to the graph leaves."""
+        from .autograd import backward
+
+        backward([self], None if gradient is None else [gradient], retain_graph, inputs=inputs)
+
+    def requires_grad_(self, requires_grad=True):
+        if not requires_grad and self.grad_fn is not None:
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf variables; use .detach() to get "
+                "a tensor outside the graph"
+            )
+        if requires_grad and self._data.dtype.kind not in "fc":
+            raise RuntimeError(
+                f"only tensors of floating point dtype can require gradients, got {self.dtype}"
+            )
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def detach(self):
+        """The same values, outside the graph (shares memory and version counter)."""
+        t = Tensor._make(self._data)
+        t._vc = self._vc
+        return t
+
+    def detach_(self):
+        self.grad_fn = None
+        self.requires_grad = False
+        return self
+
+    def retain_grad(self):
+        """Keep ``.grad`` of a non-leaf tensor after backward."""
+        if self.grad_fn is None or self._retains_grad:
+            return
+        self._retains_grad = True
+        ref = weakref.ref(self)
+
+        def keep(grad):
+            t = ref()
+            if t is not None:
+                t.grad = Tensor._make(grad._data.copy()) if t.grad is None else t.grad + grad
+
+        self.register_hook(keep)
+
+    @property
+    def retains_grad(self):
+        return self._retains_grad
+
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` when this tensor's gradient is computed; a returned tensor replaces it."""
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self.grad_fn is not None:
+            node = self.grad_fn
+            if node.pre_hooks is None:
+                node.pre_hooks = []
+            hooks = node.pre_hooks
+        else:
+            if self._hooks is None:
+                self._hooks = []
+            hooks = self._hooks
+        hooks.append(hook)
+        return _RemovableHandle(hooks, hook)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(tensor)`` once per backward, after this leaf's ``.grad`` is final."""
+        if self.grad_fn is not None:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
+        if self._post_hooks is None:
+            self._post_hooks = []
+        self._post_hooks.append(hook)
+        return _RemovableHandle(self._post_hooks, hook)
+
+    def _accumulator(self):
+        if self._acc is None:
+            from .autograd.function import AccumulateGrad
+
+            self._acc = AccumulateGrad(self)
+        return self._acc
+
+    # ------------------------------------------------------------------ conversion
+    def item(self):
+        if self._data.size != 1:
+            raise RuntimeError(
+                f"a Tensor with {self._data.size} elements cannot be converted to a Python scalar"
+            )
+        return self._data.item()
+
+    def tolist(self):
+        return self._data.tolist()
+
+    def numpy(self):
+        """The array itself on the CPU (no copy; writes show in the tensor, as in PyTorch)."""
+        if self.requires_grad and grad_mode.state.enabled:
+            raise RuntimeError(
+                "Can't call numpy() on a Tensor that requires grad. Use tensor.detach().numpy()"
+            )
+        if backend.is_cuda_array(self._data):
+            raise TypeError(
+                "can't convert a cuda tensor to numpy: use tensor.cpu() to copy it to the host first"
+            )
+        return self._data
+
+    def __array__(self, dtype=None, copy=None):
+        data = backend.to_device(self._data, backend.CPU)
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    def to(self, *args, **kwargs):
+        """Cast to a dtype and/or move to a device: ``to(dtype)``, ``to(device)``, ``to(other)``."""
+        dtype = kwargs.pop("dtype", None)
+        dev = kwargs.pop("device", None)
+        kwargs.pop("non_blocking", None)
+        kwargs.pop("copy", None)
+        if kwargs:
+            raise TypeError(f"to() got unexpected arguments {sorted(kwargs)}")
+        for a in args:
+            if isinstance(a, Tensor):
+                dtype, dev = a.dtype, a.device
+            elif isinstance(a, (str, backend.device)) and not _looks_like_dtype(a):
+                dev = a
+            else:
+                dtype = a
+        out = self
+        if dev is not None and backend.as_device(dev) != self.device:
+            from .ops.shape import ToDevice
+
+            out = ToDevice.apply(out, backend.as_device(dev))
+        if dtype is not None and backend.as_dtype(dtype) != out.dtype:
+            from .ops.shape import Cast
+
+            out = Cast.apply(out, backend.as_dtype(dtype))
+        return out
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, device=None):
+        return self.to(backend.device("cuda", device if isinstance(device, int) else None)
+                       if not isinstance(device, (str, backend.device)) else device)
+
+    def float(self):
+        return self.to(backend.float32)
+
+    def double(self):
+        return self.to(backend.float64)
+
+    def half(self):
+        return self.to(backend.float16)
+
+    def long(self):
+        return self.to(backend.int64)
+
+    def int(self):
+        return self.to(backend.int32)
+
+    def bool(self):
+        return self.to(backend.bool_)
+
+    def type(self, dtype=None):
+        if dtype is None:
+            return f"ddpgrad.{self.dtype.name.capitalize()}Tensor"
+        return self.to(dtype)
+
+    def type_as(self, other):
+        return self.to(other.dtype)
+
+    def clone(self):
+        from .ops.shape import Clone
+
+        return Clone.apply(self)
+
+    def contiguous(self):
+        return self
+
+    # ------------------------------------------------------------------ in-place
+    def _check_inplace(self, what):
+        if self.requires_grad and grad_mode.state.enabled:
+            kind = "a leaf Variable that requires grad" if self.grad_fn is None else "a tensor that requires grad"
+            raise RuntimeError(
+                f"{what}: {kind} is being used in an in-place operation. Wrap the update in "
+                f"`with ddpgrad.no_grad():`, or use the out-of-place form (x = x + y)."
+            )
+
+    def _bump(self):
+        self._vc[0] += 1
+        return self
+
+    def _inplace(self, name, other, fn):
+        self._check_inplace(name)
+        other = other._data if isinstance(other, Tensor) else other
+        fn(self._data, other, out=self._data, casting="unsafe")
+        return self._bump()
+
+    def add_(self, other, alpha=1):
+        if alpha != 1:
+            other = (other._data if isinstance(other, Tensor) else other) * alpha
+        return self._inplace("add_", other, backend.array_module(self._data).add)
+
+    def sub_(self, other, alpha=1):
+        if alpha != 1:
+            other = (other._data if isinstance(other, Tensor) else other) * alpha
+        return self._inplace("sub_", other, backend.array_module(self._data).subtract)
+
+    def mul_(self, other):
+        return self._inplace("mul_", other, backend.array_module(self._data).multiply)
+
+    def div_(self, other):
+        return self._inplace("div_", other, backend.array_module(self._data).true_divide)
+
+    def zero_(self):
+        self._check_inplace("zero_")
+        self._data[...] = 0
+        return self._bump()
+
+    def fill_(self, value):
+        self._check_inplace("fill_")
+        self._data[...] = value.item() if isinstance(value, Tensor) else value
+        return self._bump()
+
+    def copy_(self, src):
+        self._check_inplace("copy_")
+        src = src._data if isinstance(src, Tensor) else src
+        xp = backend.array_module(self._data)
+        if backend.array_module(src) is not xp:
+            src = backend.to_device(src, self.device)
+        xp.copyto(self._data, src, casting="unsafe")
+        return self._bump()
+
+    def clamp_(self, min=None, max=None):  # noqa: A002
+        self._check_inplace("clamp_")
+        backend.array_module(self._data).clip(self._data, min, max, out=self._data)
+        return self._bump()
+
+    def uniform_(self, a=0.0, b=1.0):
+        from . import random
+
+        return self.copy_(random.uniform_array(a, b, self.shape, self.dtype, self.device))
+
+    def normal_(self, mean=0.0, std=1.0):
+        from . import random
+
+        return self.copy_(random.normal_array(mean, std, self.shape, self.dtype, self.device))
+
+    def __setitem__(self, index, value):
+        self._check_inplace("__setitem__")
+        if isinstance(value, Tensor):
+            if value.requires_grad and grad_mode.state.enabled:
+                raise RuntimeError(
+                    "assigning a tensor that requires grad into another tensor is not supported: "
+                    "build the result with ddpgrad.where or ddpgrad.cat instead"
+                )
+            value = value._data
+        self._data[_index_arrays(index)] = value
+        self._bump()
+
+    # ------------------------------------------------------------------ python protocol
+    def __len__(self):
+        if self._data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self._data.shape[0]
+
+    def __iter__(self):
+        if self._data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self._data.shape[0]))
+
+    def __bool__(self):
+        if self._data.size != 1:
+            raise RuntimeError(
+                f"Boolean value of Tensor with {self._data.size} values is ambiguous"
+            )
+        return bool(self._data)
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self._data.dtype.kind not in "iub" or self._data.size != 1:
+            raise TypeError("only integer tensors of a single element can be converted to an index")
+        return int(self.item())
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        body = np.array2string(
+            np.asarray(backend.to_device(self._data, backend.CPU)),
+            separator=", ", prefix="tensor(", precision=4,
+        )
+        extras = []
+        if self.device != backend.CPU:
+            extras.append(f"device='{self.device}'")
+        if self.dtype not in (backend.get_default_dtype(), backend.int64, backend.bool_):
+            extras.append(f"dtype=ddpgrad.{self.dtype.name}")
+        if self.grad_fn is not None:
+            extras.append(f"grad_fn=<{self.grad_fn.name}>")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+
+    # ------------------------------------------------------------------ ops (defined in ops/)
+    def __add__(self, other): return _ops.add(self, other)
+    def __radd__(self, other): return _ops.add(other, self)
+    def __sub__(self, other): return _ops.sub(self, other)
+    def __rsub__(self, other): return _ops.sub(other, self)
+    def __mul__(self, other): return _ops.mul(self, other)
+    def __rmul__(self, other): return _ops.mul(other, self)
+    def __truediv__(self, other): return _ops.div(self, other)
+    def __rtruediv__(self, other): return _ops.div(other, self)
+    def __pow__(self, other): return _ops.pow(self, other)
+    def __rpow__(self, other): return _ops.pow(other, self)
+    def __matmul__(self, other): return _ops.matmul(self, other)
+    def __rmatmul__(self, other): return _ops.matmul(other, self)
+    def __neg__(self): return _ops.neg(self)
+    def __pos__(self): return self
+    def __abs__(self): return _ops.abs(self)
+    def __floordiv__(self, other): return _ops.floor_divide(self, other)
+    def __rfloordiv__(self, other): return _ops.floor_divide(other, self)
+    def __mod__(self, other): return _ops.remainder(self, other)
+    def __eq__(self, other): return _ops.eq(self, other)  # noqa: D105
+    def __ne__(self, other): return _ops.ne(self, other)
+    def __lt__(self, other): return _ops.lt(self, other)
+    def __le__(self, other): return _ops.le(self, other)
+    def __gt__(self, other): return _ops.gt(self, other)
+    def __ge__(self, other): return _ops.ge(self, other)
+    def __and__(self, other): return _ops.logical_and(self, other)
+    def __or__(self, other): return _ops.logical_or(self, other)
+    def __xor__(self, other): return _ops.logical_xor(self, other)
+    def __invert__(self): return _ops.logical_not(self)
+
+    def __getitem__(self, index):
+        return _ops.index(self, index)
+
+
+class Size(tuple):
+    """A shape, as ``torch.Size``: a tuple with ``numel()``."""
+
+    def numel(self):
+        n = 1
+        for d in self:
+            n *= d
+        return n
+
+    def __repr__(self):
+        return f"ddpgrad.Size({list(self)})"
+
+
+class _RemovableHandle:
+    def __init__(self, hooks, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self):
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
+
+
+def _looks_like_dtype(spec):
+    if isinstance(spec, backend.device):
+        return False
+    try:
+        backend.device(spec)
+        return False
+    except (ValueError, TypeError):
+        return True
+
+
+def _index_arrays(index):
+    """Replace Tensors inside an index expression by their arrays."""
+    if isinstance(index, Tensor):
+        return index._data
+    if isinstance(index, tuple):
+        return tuple(i._data if isinstance(i, Tensor) else i for i in index)
+    if isinstance(index, list) and any(isinstance(i, Tensor) for i in index):
+        return [i._data if isinstance(i, Tensor) else i for i in index]
+    return index
+
+
+def is_tensor(obj):
+    return isinstance(obj, Tensor)
+
+
+from . import ops as _ops  # noqa: E402  (ops build on Tensor)

@@ -1,0 +1,3 @@
+"""Utilities: datasets and loaders (``ddpgrad.utils.data``)."""
+
+from . import data  # noqa: F401
