@@ -1,2 +1,160 @@
-def save(obj, f): raise NotImplementedError
-def load(f): raise NotImplementedError
+"""``ddpgrad.save`` / ``ddpgrad.load``: checkpoints that cannot run code.
+
+A checkpoint is one ``.npz`` file: every array is an entry of its own, and the nesting (dicts,
+lists, numbers, strings, which entry is a tensor) is JSON in the entry ``__ddpgrad__``. Loading
+uses ``numpy.load(allow_pickle=False)``, so a file holding pickled objects is refused. Saving to a
+path is atomic: a temporary file in the same directory, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import backend
+from .tensor import Tensor
+
+FORMAT = "ddpgrad-checkpoint"
+VERSION = 1
+META_KEY = "__ddpgrad__"
+
+
+class CheckpointError(ValueError):
+    """The file is not a ddpgrad checkpoint, or holds something ddpgrad refuses to load."""
+
+
+def save(obj, f):
+    """Write nested dicts/lists/tuples of tensors, arrays, numbers, strings and None to ``f``.
+
+    ``f`` is a path (written atomically) or a binary file object.
+    """
+    arrays = {}
+    meta = {"format": FORMAT, "version": VERSION, "root": _encode(obj, arrays, "obj")}
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    if not isinstance(f, (str, os.PathLike)):
+        np.savez(f, **arrays)
+        return
+    path = os.fspath(f)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, **arrays)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def load(f, map_location=None, weights_only=True):
+    """Read a checkpoint written by ``save``; tensors land on ``map_location`` (default: CPU).
+
+    Never unpickles: a file with pickled objects raises ``CheckpointError``.
+    """
+    name = os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", "<stream>")
+    try:
+        with np.load(f, allow_pickle=False) as npz:
+            if META_KEY not in npz.files:
+                raise CheckpointError(
+                    f"{name} is an .npz file but not a ddpgrad checkpoint (no {META_KEY} entry)"
+                )
+            meta = json.loads(npz[META_KEY].tobytes().decode())
+            arrays = {k: npz[k] for k in npz.files if k != META_KEY}
+    except CheckpointError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise CheckpointError(
+                f"refusing to load {name}: it holds pickled Python objects, which could run code "
+                f"when loaded. ddpgrad checkpoints hold only arrays and JSON (write them with "
+                f"ddpgrad.save)."
+            ) from None
+        raise CheckpointError(f"{name} is not a ddpgrad checkpoint: {exc}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CheckpointError(f"{name} is not a readable ddpgrad checkpoint: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{name} is not a ddpgrad checkpoint (format {meta.get('format')!r})")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(
+            f"{name} was written by a newer ddpgrad (format version {meta['version']}); upgrade ddpgrad"
+        )
+    device = backend.as_device(map_location) if map_location is not None else backend.CPU
+    return _decode(meta["root"], arrays, device)
+
+
+def _encode(obj, arrays, where):
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"t": "value", "v": obj}
+    if isinstance(obj, np.generic):
+        return {"t": "value", "v": obj.item()}
+    if isinstance(obj, Tensor):
+        key = f"a{len(arrays)}"
+        arrays[key] = np.asarray(backend.to_device(obj._data, backend.CPU))
+        return {"t": "tensor", "a": key, "rg": bool(obj.requires_grad)}
+    if isinstance(obj, np.ndarray) or backend.is_cuda_array(obj):
+        if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+            raise TypeError(f"{where}: can't save an object array (it would need pickling)")
+        key = f"a{len(arrays)}"
+        arrays[key] = np.asarray(backend.to_device(obj, backend.CPU))
+        return {"t": "ndarray", "a": key}
+    if isinstance(obj, np.dtype):
+        return {"t": "dtype", "v": obj.name}
+    if isinstance(obj, dict):
+        items = []
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise TypeError(f"{where}: dict keys must be str or int to be saved, got {k!r}")
+            items.append([k, _encode(v, arrays, f"{where}[{k!r}]")])
+        return {"t": "dict", "items": items}
+    if isinstance(obj, (list, tuple)):
+        kind = "list" if isinstance(obj, list) else "tuple"
+        return {"t": kind, "items": [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]}
+    raise TypeError(
+        f"{where}: can't save an object of type {type(obj).__name__}; checkpoints hold tensors, "
+        f"arrays, numbers, strings, None and dicts/lists/tuples of them"
+    )
+
+
+def _decode(node, arrays, device):
+    kind = node["t"]
+    if kind == "value":
+        return node["v"]
+    if kind == "tensor":
+        t = Tensor._make(backend.to_device(arrays[node["a"]], device))
+        if node.get("rg"):
+            t.requires_grad_(True)
+        return t
+    if kind == "ndarray":
+        return arrays[node["a"]]
+    if kind == "dtype":
+        return np.dtype(node["v"])
+    if kind == "dict":
+        return {k: _decode(v, arrays, device) for k, v in node["items"]}
+    if kind in ("list", "tuple"):
+        items = [_decode(v, arrays, device) for v in node["items"]]
+        return items if kind == "list" else tuple(items)
+    raise CheckpointError(f"unknown entry kind {kind!r} in checkpoint")
+
+
+def _fsync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+

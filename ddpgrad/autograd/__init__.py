@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..backend import array_module as _array_module
 from .function import AccumulateGrad, Function  # noqa: F401
 from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
 from .engine import queue_callback, run_backward, unbroadcast  # noqa: F401
@@ -25,13 +26,15 @@ def _root_grads(outputs, grad_outputs):
                     f"shape {list(out.shape)}: pass gradient= (a tensor of that shape), or reduce "
                     f"the output first (e.g. out.sum())"
                 )
-            g = out._data.dtype.type(1) * (out._data * 0 + 1)
+            g = _array_module(out._data).ones_like(out._data)
         else:
             g = g._data if isinstance(g, Tensor) else g
             if tuple(g.shape) != tuple(out.shape):
                 raise RuntimeError(
                     f"gradient has shape {list(g.shape)} but the output has shape {list(out.shape)}"
                 )
+            if g.dtype != out._data.dtype:
+                g = g.astype(out._data.dtype)
         grads.append(g)
     return grads
 

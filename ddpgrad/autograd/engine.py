@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import threading
 
+from ..backend import array_module
 from .function import _FREED_MESSAGE, AccumulateGrad
 from .grad_mode import no_grad
 
@@ -85,36 +86,50 @@ def run_backward(roots, root_grads, retain_graph=False, capture=None):
         with no_grad():
             while ready:
                 node = heapq.heappop(ready)[2]
-                grad = buffers.pop(node)
-                if node.pre_hooks:
-                    grad = _run_pre_hooks(node.pre_hooks, grad)
-                if capture is not None and node in capture:
-                    capture[node] = grad
-                if type(node) is AccumulateGrad:
+                grad = buffers.pop(node, None)
+                if grad is None:
+                    # Every edge into this node carried None (no gradient): its inputs get none
+                    # from it either, but their edges from it still count as done.
+                    if type(node) is AccumulateGrad:
+                        continue
+                    grads = (None,) * len(node.next_nodes)
+                elif type(node) is AccumulateGrad:
                     if capture is None:
                         _accumulate(node.variable, grad)
+                    elif node in capture:
+                        hooks = node.variable._hooks
+                        capture[node] = _run_pre_hooks(hooks, grad) if hooks else grad
                     continue
-                if node.saved is None:
-                    raise RuntimeError(_FREED_MESSAGE)
-                if node.versions:
-                    _check_versions(node)
-                grads = node.backward(node, grad)
-                if type(grads) is not tuple:
-                    grads = (grads,)
-                if not retain_graph:
-                    node.release()
-                for parent, g, meta in zip(node.next_nodes, grads, node.input_meta):
-                    if parent is None or g is None:
+                else:
+                    if node.pre_hooks:
+                        grad = _run_pre_hooks(node.pre_hooks, grad)
+                    if capture is not None and node in capture:
+                        capture[node] = grad
+                    if node.saved is None:
+                        raise RuntimeError(_FREED_MESSAGE)
+                    if node.versions:
+                        _check_versions(node)
+                    grads = node.backward(node, grad)
+                    if type(grads) is not tuple:
+                        grads = (grads,)
+                    if not retain_graph:
+                        node.release()
+                nexts = node.next_nodes
+                if len(grads) != len(nexts):
+                    grads = _fit_grads(node, grads)
+                for parent, g, meta in zip(nexts, grads, node.input_meta):
+                    if parent is None:
                         continue
-                    shape, dtype = meta
-                    if g.shape != shape:
-                        g = unbroadcast(g, shape)
-                    if g.dtype != dtype:
-                        g = g.astype(dtype)
-                    if parent in buffers:
-                        buffers[parent] = buffers[parent] + g
-                    else:
-                        buffers[parent] = g
+                    if g is not None:
+                        shape, dtype = meta
+                        if g.shape != shape:
+                            g = unbroadcast(g, shape)
+                        if g.dtype != dtype:
+                            g = g.astype(dtype)
+                        if parent in buffers:
+                            buffers[parent] = buffers[parent] + g
+                        else:
+                            buffers[parent] = g
                     left = deps[parent] - 1
                     deps[parent] = left
                     if left == 0:
@@ -136,6 +151,20 @@ def _run_pre_hooks(hooks, grad):
     return grad
 
 
+def _fit_grads(node, grads):
+    """Pad (or trim) ``grads`` to one per input; only inputs without a gradient may be left out."""
+    nexts = node.next_nodes
+    n, m = len(nexts), len(grads)
+    if m < n and all(p is None for p in nexts[m:]):
+        return grads + (None,) * (n - m)
+    if m > n and all(g is None for g in grads[n:]):
+        return grads[:n]
+    raise RuntimeError(
+        f"{node.name} returned an incorrect number of gradients (expected {n}, got {m}): "
+        f"backward must return one gradient per positional input of forward (None where there is none)"
+    )
+
+
 def _accumulate(variable, grad):
     if variable._hooks:
         grad = _run_pre_hooks(variable._hooks, grad)
@@ -143,7 +172,9 @@ def _accumulate(variable, grad):
     if existing is None:
         from ..tensor import Tensor
 
-        variable.grad = Tensor._make(grad.copy())  # a copy: grad may alias another tensor's
+        # A copy (grad may alias another tensor's array), and always a real array: NumPy hands
+        # 0-d results back as scalars, which ``+=`` would rebind instead of updating in place.
+        variable.grad = Tensor._make(array_module(grad).array(grad))
     else:
         existing._data += grad
     if variable._post_hooks:

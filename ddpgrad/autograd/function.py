@@ -91,12 +91,19 @@ class Function:
             nexts, meta, versions = [], [], []
             saved = ctx.saved
             for a in args:
-                if isinstance(a, Tensor) and a.requires_grad:
-                    nexts.append(a.grad_fn if a.grad_fn is not None else a._accumulator())
-                    meta.append((a._data.shape, a._data.dtype))
+                if isinstance(a, Tensor):
+                    if a.requires_grad:
+                        nexts.append(a.grad_fn if a.grad_fn is not None else a._accumulator())
+                        meta.append((a._data.shape, a._data.dtype))
+                    else:
+                        nexts.append(None)
+                        meta.append(None)
                     if saved:
+                        # Any saved input, with or without grad: changing it in place would
+                        # silently change the gradients of the others.
+                        data = a._data
                         for s in saved:
-                            if s is a._data:
+                            if s is data:
                                 versions.append((a._vc, a._vc[0]))
                                 break
                 else:

@@ -22,6 +22,12 @@ class _GradModeContext:
 
     mode: bool
 
+    def __new__(cls, *args):
+        self = super().__new__(cls)
+        if len(args) == 1 and callable(args[0]) and cls.__init__ is object.__init__:
+            return self(args[0])  # bare decorator: ``@no_grad`` as well as ``@no_grad()``
+        return self
+
     def __enter__(self):
         self._prev = state.enabled
         state.enabled = self.mode

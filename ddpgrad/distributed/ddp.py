@@ -1,0 +1,140 @@
+"""``DistributedDataParallel``: one model replica per rank, gradients averaged during backward."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+
+import numpy as np
+
+from ..backend import CPU, array_module, to_device
+from ..nn.module import Module
+from .process_group import get_comm
+from .reducer import DEFAULT_BUCKET_CAP_MB, FIRST_BUCKET_CAP_MB, Reducer
+
+DEBUG_ENV = "DDPGRAD_DEBUG"
+
+
+class DistributedDataParallel(Module):
+    """Wrap ``module`` so that ``loss.backward()`` leaves the global mean gradient on every rank.
+
+    At construction every rank checks that all ranks hold the same parameters (names, shapes,
+    dtypes) and copies rank 0's parameters and buffers. Gradients are bucketed and allreduced while
+    backward runs; parameters a rank did not use count as zero there, found automatically. Use
+    ``no_sync()`` to accumulate gradients locally over several micro-batches.
+    """
+
+    def __init__(self, module, device_ids=None, output_device=None, dim=0, broadcast_buffers=True,
+                 process_group=None, bucket_cap_mb=None, find_unused_parameters=False,
+                 gradient_as_bucket_view=True, static_graph=False):
+        super().__init__()
+        if not isinstance(module, Module):
+            raise TypeError(f"DistributedDataParallel wraps an nn.Module, got {type(module).__name__}")
+        self.module = module
+        self.comm = process_group or get_comm()
+        self.broadcast_buffers = broadcast_buffers
+        self.require_backward_grad_sync = True
+        self._debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        named = list(module.named_parameters())
+        if not any(p.requires_grad for _, p in named):
+            raise RuntimeError(
+                "DistributedDataParallel is not needed when a module doesn't have any parameter "
+                "that requires a gradient"
+            )
+        self._check_same_model(named)
+        self._sync_from_rank0([p for _, p in named] + [b for _, b in module.named_buffers()])
+        self.reducer = Reducer(named, self.comm, DEFAULT_BUCKET_CAP_MB if bucket_cap_mb is None else bucket_cap_mb,
+                               FIRST_BUCKET_CAP_MB)
+        if self._debug and self.comm.rank == 0:
+            print(f"[rank 0] DDP bucket layout:\n{self.reducer.layout()}", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------ construction
+    def _check_same_model(self, named):
+        mine = [(n, tuple(p.shape), str(p.dtype)) for n, p in named]
+        everyone = self.comm.allgather_object(mine) if self.comm.size > 1 else [mine]
+        reference = everyone[0]
+        for rank, theirs in enumerate(everyone[1:], start=1):
+            if theirs == reference:
+                continue
+            for k in range(max(len(reference), len(theirs))):
+                a = reference[k] if k < len(reference) else None
+                b = theirs[k] if k < len(theirs) else None
+                if a != b:
+                    raise RuntimeError(
+                        f"DistributedDataParallel: the model on rank {rank} differs from rank 0's at "
+                        f"parameter #{k}: rank 0 has {_describe(a)}, rank {rank} has {_describe(b)}. "
+                        f"Every rank must build the same model (same layer sizes, same order) before "
+                        f"wrapping it."
+                    )
+
+    def _sync_from_rank0(self, tensors):
+        """Copy rank 0's parameters and buffers to every rank: one broadcast per dtype."""
+        if self.comm.size == 1 or not tensors:
+            return
+        by_dtype = {}
+        for t in tensors:
+            by_dtype.setdefault(t._data.dtype, []).append(t)
+        for dtype, group in by_dtype.items():
+            flat = np.concatenate([np.asarray(to_device(t._data, CPU)).reshape(-1) for t in group]) \
+                if group else np.zeros(0, dtype)
+            self.comm.broadcast(flat, 0, describe=f"broadcast of rank 0's {dtype} parameters/buffers")
+            offset = 0
+            for t in group:
+                n = t._data.size
+                t._data[...] = array_module(t._data).asarray(flat[offset:offset + n].reshape(t._data.shape))
+                offset += n
+
+    # ------------------------------------------------------------------ running
+    def forward(self, *args, **kwargs):
+        if self._debug and self.reducer.step > 0:
+            self._check_replicas_identical()
+        if self.broadcast_buffers and self.comm.size > 1:
+            buffers = [b for _, b in self.module.named_buffers()]
+            if buffers:
+                self._sync_from_rank0(buffers)
+        if self.training:
+            self.reducer.prepare(self.require_backward_grad_sync)
+        return self.module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Backward passes inside accumulate gradients locally; the next one outside averages the sum."""
+        previous = self.require_backward_grad_sync
+        self.require_backward_grad_sync = False
+        try:
+            yield
+        finally:
+            self.require_backward_grad_sync = previous
+
+    def register_comm_hook(self, state, hook):
+        """Replace the bucket allreduce: ``hook(state, bucket)`` returns a handle whose ``wait()``
+        gives the bucket's averaged gradient (see ``ddpgrad.distributed.algorithms``)."""
+        if self.reducer.comm_hook is not None:
+            raise RuntimeError("register_comm_hook can only be called once")
+        self.reducer.comm_hook = hook
+        self.reducer.comm_hook_state = state
+
+    # ------------------------------------------------------------------ DDPGRAD_DEBUG
+    def _check_replicas_identical(self):
+        digests = [hashlib.blake2b(np.ascontiguousarray(to_device(p._data, CPU)).tobytes(), digest_size=8).hexdigest()
+                   for _, p in self.module.named_parameters()]
+        everyone = self.comm.allgather_object(digests)
+        names = [n for n, _ in self.module.named_parameters()]
+        for rank, theirs in enumerate(everyone):
+            for name, a, b in zip(names, everyone[0], theirs):
+                if a != b:
+                    raise RuntimeError(
+                        f"DDPGRAD_DEBUG: after step {self.reducer.step} parameter '{name}' on rank "
+                        f"{rank} is not bitwise identical to rank 0's: the replicas diverged. Look "
+                        f"for rank-dependent updates (an optimizer step on one rank only, a "
+                        f"parameter changed outside backward/step, a rank-dependent seed)."
+                    )
+
+
+def _describe(entry):
+    if entry is None:
+        return "no parameter there"
+    name, shape, dtype = entry
+    return f"'{name}' of shape {list(shape)} and dtype {dtype}"

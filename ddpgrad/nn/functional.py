@@ -1,0 +1,197 @@
+"""The stateless side of ``ddpgrad.nn`` (``import ddpgrad.nn.functional as F``), PyTorch's names
+and arguments. Layers and losses are one fused graph node each (see ``ddpgrad/ops/nn.py``)."""
+
+from __future__ import annotations
+
+import warnings
+
+from .. import backend, ops, random
+from ..backend import array_module
+from ..ops import nn as fused
+from ..tensor import Tensor
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _reduction(size_average, reduce, reduction):
+    """Map PyTorch's deprecated ``size_average``/``reduce`` flags onto ``reduction``."""
+    if size_average is None and reduce is None:
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"{reduction} is not a valid value for reduction: use 'none', 'mean' or 'sum'")
+        return reduction
+    warnings.warn("size_average and reduce args will be deprecated, please use reduction='...' instead.",
+                  stacklevel=3)
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    if not reduce:
+        return "none"
+    return "mean" if size_average else "sum"
+
+
+# ---------------------------------------------------------------------------- layers
+def linear(input, weight, bias=None):  # noqa: A002 - PyTorch's argument names
+    """``input @ weight.T + bias``."""
+    if bias is None:
+        return fused.Linear.apply(input, weight)
+    return fused.Linear.apply(input, weight, bias)
+
+
+def relu(input, inplace=False):  # noqa: A002
+    return ops.relu(input)
+
+
+def gelu(input, approximate="none"):  # noqa: A002
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate argument must be either 'none' or 'tanh', got {approximate!r}")
+    return ops.gelu(input, approximate)
+
+
+def tanh(input):  # noqa: A002
+    return ops.tanh(input)
+
+
+def sigmoid(input):  # noqa: A002
+    return ops.sigmoid(input)
+
+
+def _softmax_dim(name, ndim):
+    warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call to "
+                  f"include dim=X as an argument.", stacklevel=3)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def softmax(input, dim=None, dtype=None):  # noqa: A002
+    if dim is None:
+        dim = _softmax_dim("softmax", input.ndim)
+    return ops.softmax(input, dim, dtype)
+
+
+def log_softmax(input, dim=None, dtype=None):  # noqa: A002
+    if dim is None:
+        dim = _softmax_dim("log_softmax", input.ndim)
+    return ops.log_softmax(input, dim, dtype)
+
+
+def dropout(input, p=0.5, training=True, inplace=False):  # noqa: A002
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p) (training only)."""
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0:
+        return input
+    if p == 1:
+        return input * 0
+    mask = random.bernoulli_mask(1 - p, input.shape, input.dtype, input.device)
+    mask *= 1 / (1 - p)
+    return input * Tensor._make(mask)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: A002
+    """Normalise over the trailing ``normalized_shape`` dims, then scale by weight, shift by bias."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if input.ndim < len(shape) or tuple(input.shape[input.ndim - len(shape):]) != shape:
+        raise RuntimeError(
+            f"Given normalized_shape={list(shape)}, expected input with shape "
+            f"[*, {', '.join(map(str, shape))}], but got input of size{list(input.shape)}"
+        )
+    return fused.LayerNorm.apply(input, weight, bias, ndims=len(shape), eps=eps)
+
+
+def embedding(input, weight, padding_idx=None):  # noqa: A002
+    """Rows of ``weight`` picked by the integer tensor ``input``; ``padding_idx``'s row gets no gradient."""
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += weight.shape[0]
+    return fused.Embedding.apply(weight, input, padding_idx=padding_idx)
+
+
+def one_hot(tensor, num_classes=-1):
+    """Integer class indices to one-hot int64 vectors (a new last dimension; no gradient)."""
+    data = tensor._data
+    if data.dtype.kind not in "iu":
+        raise RuntimeError(f"one_hot is only applicable to index tensor of an integer dtype, got {data.dtype}")
+    xp = array_module(data)
+    if num_classes == -1:
+        if data.size == 0:
+            raise RuntimeError("Can not infer total number of classes from empty tensor.")
+        num_classes = int(data.max()) + 1
+    if data.size and int(data.min()) < 0:
+        raise RuntimeError("Class values must be non-negative.")
+    if data.size and int(data.max()) >= num_classes:
+        raise RuntimeError(f"Class values must be smaller than num_classes ({num_classes}).")
+    return Tensor._make((data[..., None] == xp.arange(num_classes)).astype(backend.int64))
+
+
+# ---------------------------------------------------------------------------- losses
+def _check_same_size(input, target, who):  # noqa: A002
+    if tuple(input.shape) != tuple(target.shape):
+        warnings.warn(
+            f"{who}: using a target size ({target.shape}) that is different to the input size "
+            f"({input.shape}). This will likely lead to incorrect results due to broadcasting. "
+            f"Please ensure they have the same size.", stacklevel=3)
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):  # noqa: A002
+    _check_same_size(input, target, "mse_loss")
+    return fused.MSELoss.apply(input, target, reduction=_reduction(size_average, reduce, reduction))
+
+
+def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):  # noqa: A002
+    _check_same_size(input, target, "l1_loss")
+    return fused.L1Loss.apply(input, target, reduction=_reduction(size_average, reduce, reduction))
+
+
+def _classes_last(input, target, who, probabilities=False):  # noqa: A002
+    """Bring (C,) and (N, C, d1, ...) inputs to the (rows, C) layout of the fused ops.
+
+    Returns the 2-D logits, the matching targets, and the shape of an unreduced loss.
+    """
+    if input.ndim == 0:
+        raise RuntimeError(f"{who}: input must have a class dimension, got a 0-d tensor")
+    if input.ndim == 2:
+        return input, target, (input.shape[0],)
+    if input.ndim == 1:
+        expected, batch = (tuple(input.shape) if probabilities else ()), ()
+    else:
+        batch = (input.shape[0],) + tuple(input.shape[2:])
+        expected = tuple(input.shape) if probabilities else batch
+    if tuple(target.shape) != expected:
+        hint = "; for class indices use an integer dtype" if probabilities else ""
+        raise RuntimeError(
+            f"{who}: expected target of shape {list(expected)} for input of shape "
+            f"{list(input.shape)}, got {list(target.shape)}{hint}"
+        )
+    c = input.shape[0] if input.ndim == 1 else input.shape[1]
+    if input.ndim == 1:
+        return input.reshape(1, c), target.reshape(1, -1) if probabilities else target.reshape(1), batch
+    classes_last = (0, *range(2, input.ndim), 1)
+    logits = input.permute(classes_last).reshape(-1, c)
+    target = target.permute(classes_last).reshape(-1, c) if probabilities else target.reshape(-1)
+    return logits, target, batch
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100,  # noqa: A002
+                  reduce=None, reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy of logits ``input`` (N, C[, d...]) or (C,) against class indices
+    (integer) or class probabilities (floating, the input's shape)."""
+    reduction = _reduction(size_average, reduce, reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    logits, target, batch = _classes_last(input, target, "cross_entropy", target.is_floating_point())
+    loss = fused.CrossEntropy.apply(logits, target, weight, ignore_index=ignore_index,
+                                    reduction=reduction, label_smoothing=label_smoothing)
+    return loss.reshape(batch) if reduction == "none" else loss
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100,  # noqa: A002
+             reduce=None, reduction="mean"):
+    """Negative log-likelihood of log-probabilities ``input`` (N, C[, d...]) or (C,) at class indices."""
+    reduction = _reduction(size_average, reduce, reduction)
+    logp, target, batch = _classes_last(input, target, "nll_loss")
+    loss = fused.NLLLoss.apply(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
+    return loss.reshape(batch) if reduction == "none" else loss
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None,  # noqa: A002
+                                     reduce=None, reduction="mean", pos_weight=None):
+    """Sigmoid + binary cross-entropy in one numerically stable step."""
+    reduction = _reduction(size_average, reduce, reduction)
+    return fused.BCEWithLogits.apply(input, target, weight, pos_weight, reduction=reduction)

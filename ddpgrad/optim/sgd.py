@@ -1,0 +1,68 @@
+"""Stochastic gradient descent with momentum, dampening, Nesterov and weight decay."""
+
+from __future__ import annotations
+
+from .. import backend
+from ..tensor import Tensor
+from .optimizer import Optimizer
+
+
+class SGD(Optimizer):
+    """PyTorch's SGD (same formulas as its ``foreach=False`` path)::
+
+        g = ±grad + weight_decay * p
+        buf = g on the first step, then momentum * buf + (1 - dampening) * g
+        p -= lr * (g + momentum * buf if nesterov else buf)
+    """
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, maximize=False):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+        super().__init__(params, defaults)
+
+    def _validate(self, group):
+        super()._validate(group)
+        if group["momentum"] < 0.0:
+            raise ValueError(f"Invalid momentum value: {group['momentum']} (must be >= 0)")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                f"Nesterov momentum requires a momentum and zero dampening, got "
+                f"momentum={group['momentum']}, dampening={group['dampening']}"
+            )
+
+    def _update(self, p, grad, group):
+        lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+        w = p._data
+        xp = backend.array_module(w)
+        work = self._work(p, 2 if weight_decay or group["maximize"] else 1)
+        g = grad  # never written: it may be a view into the reducer's bucket
+        if weight_decay != 0:
+            g = xp.multiply(w, weight_decay, out=work[-1])
+            (xp.subtract if group["maximize"] else xp.add)(g, grad, out=g)
+        elif group["maximize"]:
+            g = xp.negative(grad, out=work[-1])
+
+        if momentum == 0:
+            step = g
+        else:
+            state = self.state.setdefault(p, {})
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = Tensor._make(g.copy())
+                buf = buf._data
+            else:
+                buf = buf._data
+                xp.multiply(buf, momentum, out=buf)
+                if group["dampening"] == 0:
+                    xp.add(buf, g, out=buf)
+                else:  # nesterov is excluded here, so g may be overwritten
+                    xp.add(buf, xp.multiply(g, 1 - group["dampening"], out=work[0]), out=buf)
+            if group["nesterov"]:
+                step = xp.multiply(buf, momentum, out=work[0])
+                xp.add(g, step, out=step)
+            else:
+                step = buf
+        # p -= lr * step, with lr * step formed in a scratch array
+        scaled = xp.multiply(step, -lr, out=work[0])
+        xp.add(w, scaled, out=w)

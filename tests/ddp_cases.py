@@ -1,0 +1,186 @@
+"""DDP scenarios shared by the threads backend (plain pytest) and the MPI suite (tests/mpi).
+
+Each scenario runs on the calling rank (``ddpgrad.distributed`` must be initialised) and returns
+plain data; the oracle is a single-process run on the global batch, computed on the same rank
+without any communication.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import ddpgrad
+import ddpgrad.distributed as dist
+import ddpgrad.nn as nn
+import ddpgrad.optim as optim
+from ddpgrad.nn.parallel import DistributedDataParallel as DDP
+
+IN, HIDDEN, OUT = 6, 9, 3
+STEPS = 5
+
+
+class TwoHeads(nn.Module):
+    """A trunk, a head used only for flagged samples, and a layer no sample ever uses."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(IN, HIDDEN, dtype=dtype), nn.Tanh(), nn.Linear(HIDDEN, OUT, dtype=dtype))
+        self.extra = nn.Linear(IN, OUT, dtype=dtype)
+        self.never = nn.Linear(IN, OUT, dtype=dtype)
+
+    def forward(self, x, flags):
+        out = self.trunk(x)
+        if bool(flags.any()):
+            out = out + self.extra(x) * flags.to(x.dtype).unsqueeze(1)
+        return out
+
+
+class MixedPrecision(nn.Module):
+    """A float64 layer feeding a float32 layer: two dtypes, so two bucket streams."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(IN, HIDDEN, dtype=ddpgrad.float64)
+        self.b = nn.Linear(HIDDEN, OUT, dtype=ddpgrad.float32)
+
+    def forward(self, x, flags=None):
+        return self.b(self.a(x).tanh().float()).double()
+
+
+def make_model(kind):
+    ddpgrad.manual_seed(1234)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(IN, HIDDEN, dtype=ddpgrad.float64), nn.ReLU(),
+                             nn.Linear(HIDDEN, HIDDEN, dtype=ddpgrad.float64), nn.Tanh(),
+                             nn.Linear(HIDDEN, OUT, dtype=ddpgrad.float64))
+    if kind == "two_heads":
+        return TwoHeads(ddpgrad.float64)
+    if kind == "mixed":
+        return MixedPrecision()
+    raise ValueError(kind)
+
+
+def make_optimizer(name, params):
+    if name == "sgd":
+        return optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    if name == "adam":
+        return optim.Adam(params, lr=0.01, weight_decay=1e-3)
+    raise ValueError(name)
+
+
+def make_data(world, per_rank, steps, micro=1):
+    rng = np.random.default_rng(7)
+    n = world * per_rank * steps * micro
+    x = rng.standard_normal((n, IN))
+    y = rng.standard_normal((n, OUT))
+    flags = np.zeros(n, dtype=bool)
+    # only samples that land on rank 0 are flagged: 'extra' is unused on every other rank
+    for start in range(0, n, world * per_rank):
+        flags[start:start + per_rank:2] = True
+    return x, y, flags
+
+
+def _forward(model, x, flags):
+    try:
+        return model(x, flags)
+    except TypeError:
+        return model(x)
+
+
+def _loss(model, x, y, flags):
+    return ((_forward(model, x, flags) - y) ** 2).mean()
+
+
+def train_single_process(kind, opt_name, world, per_rank, steps=STEPS, micro=1):
+    """The oracle: one process, global batch world*per_rank, no communication."""
+    model = make_model(kind)
+    opt = make_optimizer(opt_name, model.parameters())
+    x, y, flags = make_data(world, per_rank, steps, micro)
+    g = world * per_rank
+    for step in range(steps):
+        opt.zero_grad()
+        for m in range(micro):
+            s = slice((step * micro + m) * g, (step * micro + m + 1) * g)
+            _loss(model, ddpgrad.tensor(x[s]), ddpgrad.tensor(y[s]), ddpgrad.tensor(flags[s])).backward()
+        opt.step()
+    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+
+
+def train_ddp(kind, opt_name, per_rank, steps=STEPS, micro=1, bucket_cap_mb=None):
+    """The same training on this rank's shard of every global batch, under DDP."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = make_model(kind)
+    if rank > 0:  # DDP must overwrite every rank's replica with rank 0's
+        with ddpgrad.no_grad():
+            for p in model.parameters():
+                p.add_(rank)
+    ddp = DDP(model, bucket_cap_mb=bucket_cap_mb)
+    opt = make_optimizer(opt_name, ddp.parameters())
+    x, y, flags = make_data(world, per_rank, steps, micro)
+    g = world * per_rank
+    for step in range(steps):
+        opt.zero_grad()
+        for m in range(micro):
+            base = (step * micro + m) * g + rank * per_rank
+            s = slice(base, base + per_rank)
+            batch = ddpgrad.tensor(x[s]), ddpgrad.tensor(y[s]), ddpgrad.tensor(flags[s])
+            if m < micro - 1:
+                with ddp.no_sync():
+                    _loss(ddp, *batch).backward()
+            else:
+                _loss(ddp, *batch).backward()
+        opt.step()
+    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}, ddp
+
+
+def compare(ddp_params, reference, rtol_f64=1e-10, rtol_f32=1e-5):
+    """Names of parameters that differ from the reference beyond float rounding, with the error."""
+    bad = []
+    for name, ref in reference.items():
+        got = ddp_params[name]
+        rtol = rtol_f64 if ref.dtype == np.float64 else rtol_f32
+        err = np.max(np.abs(got - ref) / (np.abs(ref) + 1e-12)) if ref.size else 0.0
+        if not np.allclose(got, ref, rtol=rtol, atol=rtol * 1e-2):
+            bad.append(f"{name}: max relative error {err:.3g}")
+    return bad
+
+
+def scenario_matches_single_process(kind="mlp", opt_name="sgd", per_rank=4, micro=1, bucket_cap_mb=None):
+    world = dist.get_world_size()
+    got, ddp = train_ddp(kind, opt_name, per_rank, micro=micro, bucket_cap_mb=bucket_cap_mb)
+    reference = train_single_process(kind, opt_name, world, per_rank, micro=micro)
+    return {"mismatches": compare(got, reference), "buckets": len(ddp.reducer.buckets)}
+
+
+def scenario_grads_are_bucket_views():
+    model = make_model("mlp")
+    ddp = DDP(model, bucket_cap_mb=0.0005)
+    opt = make_optimizer("sgd", ddp.parameters())
+    x, y, flags = make_data(dist.get_world_size(), 2, 3)
+    seen = []
+    for step in range(3):
+        opt.zero_grad()  # set_to_none=True
+        loss = _loss(ddp, ddpgrad.tensor(x[:2]), ddpgrad.tensor(y[:2]), None)
+        loss.backward()
+        views = [id(p.grad._data) for p in model.parameters()]
+        shares = [any(np.shares_memory(p.grad._data, b.buffer) for b in ddp.reducer.buckets)
+                  for p in model.parameters()]
+        seen.append((views, all(shares)))
+        opt.step()
+    return {
+        "all_views": all(s for _, s in seen),
+        "same_arrays_steps_1_2": seen[1][0] == seen[2][0],
+        "buckets": len(ddp.reducer.buckets),
+        "order": [list(b.members) for b in ddp.reducer.buckets],
+    }
+
+
+def scenario_model_mismatch():
+    rank = dist.get_rank()
+    width = HIDDEN + (1 if rank == dist.get_world_size() - 1 else 0)
+    model = nn.Sequential(nn.Linear(IN, width), nn.ReLU(), nn.Linear(width, OUT))
+    try:
+        DDP(model)
+    except RuntimeError as exc:
+        return str(exc)
+    return None
