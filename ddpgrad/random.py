@@ -7,6 +7,7 @@ CPU and on a GPU. The streams differ from PyTorch's: seeds are reproducible, not
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 
@@ -48,34 +49,45 @@ class Generator:
 
 
 default_generator = Generator()
+_thread = threading.local()
+
+
+def use_thread_generator(generator=True):
+    """Give this thread a default generator of its own (``launch_threads`` ranks), or drop it."""
+    _thread.generator = Generator() if generator is True else generator
+
+
+def current_generator():
+    """The generator that ``manual_seed`` and every unseeded draw use on this thread."""
+    return getattr(_thread, "generator", None) or default_generator
 
 
 def manual_seed(seed):
     """Seed every random call and parameter initialisation (and CuPy's generator if loaded)."""
-    default_generator.manual_seed(seed)
+    current_generator().manual_seed(seed)
     if backend._cupy is not None:
         backend._cupy.random.seed(int(seed))
-    return default_generator
+    return current_generator()
 
 
 def seed():
-    return default_generator.seed()
+    return current_generator().seed()
 
 
 def initial_seed():
-    return default_generator.initial_seed()
+    return current_generator().initial_seed()
 
 
 def get_rng_state():
-    return default_generator.get_state()
+    return current_generator().get_state()
 
 
 def set_rng_state(state):
-    default_generator.set_state(state)
+    current_generator().set_state(state)
 
 
 def _rng(generator):
-    return (generator or default_generator)._rng
+    return (generator or current_generator())._rng
 
 
 def _finish(array, dtype, device):

@@ -225,7 +225,7 @@ class Tensor:
             raise TypeError(
                 "can't convert a cuda tensor to numpy: use tensor.cpu() to copy it to the host first"
             )
-        return self._data
+        return self._own_array()
 
     def __array__(self, dtype=None, copy=None):
         data = backend.to_device(self._data, backend.CPU)
@@ -306,6 +306,13 @@ class Tensor:
                 f"{what}: {kind} is being used in an in-place operation. Wrap the update in "
                 f"`with ddpgrad.no_grad():`, or use the out-of-place form (x = x + y)."
             )
+        self._own_array()
+
+    def _own_array(self):
+        """Make ``_data`` a writable array: NumPy returns 0-d results as immutable scalars."""
+        if isinstance(self._data, np.generic):
+            self._data = np.array(self._data)
+        return self._data
 
     def _bump(self):
         self._vc[0] += 1

@@ -149,7 +149,9 @@ def scenario_matches_single_process(kind="mlp", opt_name="sgd", per_rank=4, micr
     world = dist.get_world_size()
     got, ddp = train_ddp(kind, opt_name, per_rank, micro=micro, bucket_cap_mb=bucket_cap_mb)
     reference = train_single_process(kind, opt_name, world, per_rank, micro=micro)
-    return {"mismatches": compare(got, reference), "buckets": len(ddp.reducer.buckets)}
+    # in the mixed model float32 arithmetic sits on every gradient path: float32 tolerance for all
+    rtol_f64 = 1e-5 if kind == "mixed" else 1e-10
+    return {"mismatches": compare(got, reference, rtol_f64=rtol_f64), "buckets": len(ddp.reducer.buckets)}
 
 
 def scenario_grads_are_bucket_views():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins as _builtins
 import collections
 
 import numpy as np
@@ -79,6 +78,8 @@ def minimum(a, b):
 
 def where(condition, a, b):
     cond = condition._data if isinstance(condition, Tensor) else condition
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        a = tensor(a)  # two numbers: the result gets PyTorch's dtype (float32 for floats)
     return arith.Where.apply(cond, _scalar(a), _scalar(b))
 
 
@@ -117,13 +118,6 @@ def gelu(a, approximate="none"):
 def clamp(a, min=None, max=None):  # noqa: A002
     if min is None and max is None:
         raise RuntimeError("clamp: at least one of 'min' or 'max' must not be None")
-    if isinstance(min, Tensor) or isinstance(max, Tensor):
-        out = a
-        if min is not None:
-            out = maximum(out, min)
-        if max is not None:
-            out = minimum(out, max)
-        return out
     return elementwise.Clamp.apply(a, _scalar(min), _scalar(max))
 
 
@@ -168,7 +162,7 @@ def _extreme(a, dim, keepdim, largest):
     if dim is None:
         return reduce.MaxMin.apply(a, largest=largest)
     xp = array_module(a._data)
-    d = dim % _builtins.max(a.ndim, 1)
+    d = reduce.wrap_dim(dim, a.ndim)
     idx = (xp.argmax if largest else xp.argmin)(a._data, axis=d)
     values = reduce.MaxMinDim.apply(a, idx, dim=d, keepdim=keepdim, largest=largest)
     indices = Tensor._make(xp.expand_dims(idx, d) if keepdim else idx)
@@ -227,22 +221,25 @@ view = reshape
 def flatten(a, start_dim=0, end_dim=-1):
     if a.ndim == 0:
         return reshape(a, 1)
-    s = start_dim % a.ndim
-    e = end_dim % a.ndim
+    s = reduce.wrap_dim(start_dim, a.ndim)
+    e = reduce.wrap_dim(end_dim, a.ndim)
+    if s > e:
+        raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
     dims = a.shape
     new = dims[:s] + (int(np.prod(dims[s:e + 1])),) + dims[e + 1:]
     return reshape(a, new)
 
 
 def permute(a, *dims):
-    dims = tuple(d % _builtins.max(a.ndim, 1) for d in _shape_args(dims))
+    dims = tuple(reduce.wrap_dim(d, a.ndim) for d in _shape_args(dims))
     return _view_of(shape_ops.Permute.apply(a, dims), a)
 
 
 def transpose(a, dim0, dim1):
     axes = list(range(a.ndim))
-    d0, d1 = dim0 % a.ndim, dim1 % a.ndim
-    axes[d0], axes[d1] = axes[d1], axes[d0]
+    d0, d1 = reduce.wrap_dim(dim0, a.ndim), reduce.wrap_dim(dim1, a.ndim)
+    if axes:
+        axes[d0], axes[d1] = axes[d1], axes[d0]
     return _view_of(shape_ops.Permute.apply(a, tuple(axes)), a)
 
 
@@ -259,13 +256,13 @@ def squeeze(a, dim=None):
     if dim is None:
         new = tuple(n for n in a.shape if n != 1)
     else:
-        dims = {d % _builtins.max(a.ndim, 1) for d in ((dim,) if isinstance(dim, int) else dim)}
+        dims = {reduce.wrap_dim(d, a.ndim) for d in ((dim,) if isinstance(dim, int) else dim)}
         new = tuple(n for i, n in enumerate(a.shape) if not (i in dims and n == 1))
     return reshape(a, new)
 
 
 def unsqueeze(a, dim):
-    d = dim % (a.ndim + 1)
+    d = reduce.wrap_dim(dim, a.ndim + 1)
     return reshape(a, a.shape[:d] + (1,) + a.shape[d:])
 
 
@@ -287,7 +284,7 @@ def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
         raise RuntimeError("cat(): expected a non-empty list of Tensors")
-    d = dim % _builtins.max(tensors[0].ndim, 1)
+    d = reduce.wrap_dim(dim, tensors[0].ndim)
     return shape_ops.Cat.apply(*tensors, dim=d)
 
 
@@ -298,7 +295,7 @@ def stack(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
         raise RuntimeError("stack expects a non-empty TensorList")
-    d = dim % (tensors[0].ndim + 1)
+    d = reduce.wrap_dim(dim, tensors[0].ndim + 1)
     return shape_ops.Stack.apply(*tensors, dim=d)
 
 
@@ -412,6 +409,14 @@ def argmin(a, dim=None, keepdim=False):
     return _arg(_xp(a).argmin, a, dim, keepdim)
 
 
+def any(a, dim=None, keepdim=False):  # noqa: A001
+    return Tensor._make(_xp(a).any(a._data, axis=dim, keepdims=keepdim))
+
+
+def all(a, dim=None, keepdim=False):  # noqa: A001
+    return Tensor._make(_xp(a).all(a._data, axis=dim, keepdims=keepdim))
+
+
 def numel(a):
     return a.numel()
 
@@ -432,7 +437,7 @@ def _install_methods():
         "view", "flatten", "permute", "transpose", "t", "squeeze", "unsqueeze", "expand",
         "expand_as", "eq", "ne", "lt", "le", "gt", "ge", "argmax", "argmin", "masked_fill",
         "isnan", "isfinite", "logical_not", "logical_and", "logical_or", "multiply", "divide",
-        "subtract", "true_divide", "negative", "swapaxes", "floor_divide", "remainder",
+        "subtract", "true_divide", "negative", "swapaxes", "floor_divide", "remainder", "any", "all",
     ]
     g = globals()
     for name in names:

@@ -82,7 +82,9 @@ class Pow(Function):
             if isinstance(b, (int, float)):
                 ga = grad * 0.0 if b == 0 else grad * (b * a ** (b - 1))
             else:
-                ga = grad * (b * a ** (b - 1))
+                with _quiet(xp):  # 0 ** -1 where the exponent is 0: masked just below
+                    ga = grad * (b * a ** (b - 1))
+                ga = xp.where(xp.asarray(b) == 0, 0, ga)  # d(a**0)/da = 0, even at a = 0
         if _wants(ctx, 1):
             with _quiet(xp):
                 gb = grad * (out * xp.log(a))
@@ -109,7 +111,13 @@ class Matmul(Function):
                 f"{'second-to-last' if b.ndim > 1 else 'only'} dimension of the second"
             )
         ctx.save_for_backward(a, b)
-        return a @ b
+        try:
+            return a @ b
+        except ValueError:  # the batch dimensions do not broadcast
+            raise RuntimeError(
+                f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied: "
+                f"the batch dimensions {tuple(a.shape[:-2])} and {tuple(b.shape[:-2])} do not broadcast"
+            ) from None
 
     @staticmethod
     def backward(ctx, grad):

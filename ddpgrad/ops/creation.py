@@ -25,8 +25,8 @@ def as_array(data, dtype=None, device=None):
         array = np.asarray(data)
         if array.dtype == np.float64 and dtype is None and not isinstance(data, np.generic):
             dtype = backend.get_default_dtype()
-        elif array.dtype.kind == "i" and dtype is None:
-            dtype = backend.int64
+        elif array.dtype.kind == "i" and dtype is None and not isinstance(data, np.generic):
+            dtype = backend.int64  # Python ints (int32 on some platforms); NumPy scalars keep theirs
         elif array.dtype.kind not in "fiubc":
             raise TypeError(f"can't convert {type(data).__name__} with dtype {array.dtype} to a tensor")
     if dtype is not None and array.dtype != dtype:

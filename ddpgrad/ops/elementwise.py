@@ -8,7 +8,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..backend import array_module
-from .arith import _quiet
+from .arith import _quiet, _wants
 
 
 class Exp(Function):
@@ -111,21 +111,35 @@ class Relu(Function):
 
 
 class Clamp(Function):
+    """``clip(a, lo, hi)``; the bounds are numbers, None or arrays (which get gradients too).
+
+    As in PyTorch, ``a`` keeps the gradient where it touches a bound; a bound gets it only where
+    ``a`` is strictly beyond it (and ``hi`` wherever ``lo > hi``, since the result is ``hi`` there).
+    """
+
     @staticmethod
     def forward(ctx, a, lo=None, hi=None):
-        ctx.save_for_backward(a)
-        ctx.lo, ctx.hi = lo, hi
+        ctx.save_for_backward(a, lo, hi)
         return array_module(a).clip(a, lo, hi)
 
     @staticmethod
     def backward(ctx, grad):
-        (a,) = ctx.saved_tensors
-        keep = True
-        if ctx.lo is not None:
-            keep = a >= ctx.lo
-        if ctx.hi is not None:
-            keep = keep & (a <= ctx.hi)
-        return grad * keep
+        a, lo, hi = ctx.saved_tensors
+        ga = glo = ghi = None
+        if _wants(ctx, 0):
+            keep = True
+            if lo is not None:
+                keep = a >= lo
+            if hi is not None:
+                keep = keep & (a <= hi)
+            ga = grad * keep
+        if len(ctx.next_nodes) > 1 and _wants(ctx, 1):
+            below = a < lo
+            glo = grad * (below if hi is None else below & (lo < hi))
+        if len(ctx.next_nodes) > 2 and _wants(ctx, 2):
+            above = a > hi
+            ghi = grad * (above if lo is None else above | (hi < lo))
+        return ga, glo, ghi
 
 
 _SQRT_HALF = 1 / math.sqrt(2)
@@ -138,7 +152,7 @@ def erf(x):
     """The error function, elementwise, for NumPy or CuPy arrays."""
     xp = array_module(x)
     if xp is np:
-        return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+        return np.asarray(np.frompyfunc(math.erf, 1, 1)(x), dtype=x.dtype)  # a float for 0-d x
     from cupyx.scipy.special import erf as cupy_erf  # noqa: PLC0415
 
     return cupy_erf(x)

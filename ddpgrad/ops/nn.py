@@ -259,7 +259,7 @@ class Embedding(Function):
         if indices.dtype.kind not in "iu":
             raise TypeError(f"embedding: indices must be integers (int64), got {indices.dtype}")
         n = weight.shape[0]
-        if indices.size and (int(indices.min()) < -n or int(indices.max()) >= n):
+        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n):
             raise IndexError(
                 f"embedding: index out of range: indices span [{int(indices.min())}, "
                 f"{int(indices.max())}] but the table has {n} rows"

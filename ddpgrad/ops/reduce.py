@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from ..autograd.function import Function
 from ..backend import array_module
+from .arith import _quiet
+
+
+def wrap_dim(dim, ndim):
+    """``dim`` (possibly negative) as an axis of an ``ndim``-dimensional array, or IndexError.
+
+    As in PyTorch, a 0-d tensor accepts dim 0 and -1.
+    """
+    rank = max(ndim, 1)
+    if not -rank <= dim < rank:
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], but got {dim})"
+        )
+    return dim % rank
 
 
 def normalize_dims(dim, ndim):
@@ -11,14 +25,7 @@ def normalize_dims(dim, ndim):
     if dim is None:
         return tuple(range(ndim))
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    out = []
-    rank = max(ndim, 1)
-    for d in dims:
-        if not -rank <= d < rank:
-            raise IndexError(
-                f"Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], but got {d})"
-            )
-        out.append(d % rank if ndim else 0)
+    out = [wrap_dim(d, ndim) for d in dims]
     return tuple(sorted(set(out))) if ndim else ()
 
 
@@ -81,7 +88,9 @@ class Var(Function):
         xp = array_module(grad)
         scale = grad / ctx.denom
         if ctx.std:
-            scale = scale / out
+            with _quiet(xp):
+                scale = scale / out
+            scale = xp.where(out == 0, 0, scale)  # a constant slice: PyTorch's gradient is 0, not nan
         else:
             scale = 2 * scale
         if not ctx.keepdim and ctx.axes:
@@ -95,11 +104,12 @@ class MaxMin(Function):
     @staticmethod
     def forward(ctx, a, dim=None, keepdim=False, largest=True):
         xp = array_module(a)
-        if a.size == 0:
-            raise RuntimeError(
-                f"{'max' if largest else 'min'}(): cannot reduce an empty tensor of shape {tuple(a.shape)}"
-            )
         axes = normalize_dims(dim, a.ndim)
+        if a.size == 0 and (not axes or any(a.shape[ax] == 0 for ax in axes)):
+            raise RuntimeError(
+                f"{'max' if largest else 'min'}(): cannot reduce over an empty dimension of a tensor "
+                f"of shape {tuple(a.shape)} (dim={dim}): the result has no identity"
+            )
         out = (xp.max if largest else xp.min)(a, axis=axes, keepdims=True)
         ctx.save_for_backward(a, out)
         ctx.axes, ctx.keepdim = axes, keepdim
@@ -142,9 +152,13 @@ class LogSumExp(Function):
     def forward(ctx, a, dim, keepdim=False):
         xp = array_module(a)
         axes = normalize_dims(dim, a.ndim)
-        m = xp.max(a, axis=axes, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, 0)
-        out = xp.log(xp.sum(xp.exp(a - m), axis=axes, keepdims=True)) + m
+        if a.size:
+            m = xp.max(a, axis=axes, keepdims=True)
+            m = xp.where(xp.isfinite(m), m, 0)
+        else:
+            m = 0  # nothing to shift; an empty dim sums to 0 and gives -inf, as in PyTorch
+        with _quiet(xp):
+            out = xp.log(xp.sum(xp.exp(a - m), axis=axes, keepdims=True)) + m
         ctx.save_for_backward(a, out)
         ctx.axes, ctx.keepdim = axes, keepdim
         return out if keepdim else out.reshape([n for i, n in enumerate(a.shape) if i not in axes])
@@ -160,12 +174,16 @@ class LogSumExp(Function):
 
 def log_softmax_array(a, axis):
     xp = array_module(a)
+    if a.size == 0:
+        return a.copy()
     shifted = a - xp.max(a, axis=axis, keepdims=True)
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
 def softmax_array(a, axis):
     xp = array_module(a)
+    if a.size == 0:
+        return a.copy()
     e = xp.exp(a - xp.max(a, axis=axis, keepdims=True))
     e /= xp.sum(e, axis=axis, keepdims=True)
     return e

@@ -6,9 +6,6 @@ from .. import backend
 from ..tensor import Tensor
 from .optimizer import Optimizer, _host_scalar
 
-_LERP_SMALL_WEIGHT = 0.5  # PyTorch's lerp switches formula here; matching it keeps results bitwise-close
-
-
 class Adam(Optimizer):
     """PyTorch's Adam (same formulas as its ``foreach=False`` path)::
 
@@ -67,13 +64,9 @@ class Adam(Optimizer):
         if weight_decay != 0 and group["decoupled_weight_decay"]:
             xp.multiply(w, 1 - lr * weight_decay, out=w)
 
-        # m = lerp(m, g, 1 - beta1)
-        weight = 1 - beta1
+        # m = lerp(m, g, 1 - beta1) = m + (1 - beta1) * (g - m)
         xp.subtract(g, m, out=s)
-        if abs(weight) < _LERP_SMALL_WEIGHT:
-            xp.add(m, xp.multiply(s, weight, out=s), out=m)
-        else:
-            xp.subtract(g, xp.multiply(s, 1 - weight, out=s), out=m)
+        xp.add(m, xp.multiply(s, 1 - beta1, out=s), out=m)
         # v = beta2 * v + (1 - beta2) * g * g
         xp.multiply(g, 1 - beta2, out=s)
         xp.multiply(s, g, out=s)

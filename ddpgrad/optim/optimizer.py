@@ -33,7 +33,7 @@ class Optimizer:
                 "params argument given to the optimizer should be an iterable of Tensors or dicts, "
                 "but got a single Tensor: wrap it in a list, e.g. SGD([p], ...)"
             )
-        groups = list(params)
+        groups = _ordered(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
@@ -60,15 +60,7 @@ class Optimizer:
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         params = param_group["params"]
-        if isinstance(params, Tensor):
-            params = [params]
-        elif isinstance(params, (set, frozenset)):
-            raise TypeError(
-                "optimizer parameters need to be organized in ordered collections, but the order of "
-                "tensors in a set changes between runs: use a list instead"
-            )
-        else:
-            params = list(params)
+        params = [params] if isinstance(params, Tensor) else _ordered(params)
         for p in params:
             if not isinstance(p, Tensor):
                 raise TypeError(f"optimizer can only optimize Tensors, but one of the params is {type(p).__name__}")
@@ -181,6 +173,15 @@ class Optimizer:
             group.update((k, _plain(v)) for k, v in saved.items() if k != "params")
 
 
+def _ordered(params):
+    if isinstance(params, (set, frozenset)):
+        raise TypeError(
+            "optimizer parameters need to be organized in ordered collections, but the order of "
+            "tensors in a set changes between runs: use a list instead"
+        )
+    return list(params)
+
+
 def _plain(value):
     """Hyperparameters may come back from a checkpoint as lists or 0-d arrays: make them Python."""
     if isinstance(value, list):
@@ -197,11 +198,11 @@ def _restore(p, key, value, current):
     if not isinstance(value, Tensor):
         return value
     if key == "step":  # a host scalar, as in PyTorch (read every step; never on the GPU)
-        return _host_scalar(float(value.item()))
-    src = backend.to_device(value._data, p.device)
-    dtype = p.dtype if value.is_floating_point() else value.dtype
+        value = _host_scalar(float(value.item()))
+    src = backend.to_device(value._data, value.device if key == "step" else p.device)
+    dtype = p.dtype if value.is_floating_point() and key != "step" else value.dtype
     if isinstance(current, Tensor) and current.shape == value.shape and current.dtype == dtype \
-            and current.device == p.device:
+            and current.device == backend.device_of(src):
         backend.array_module(current._data).copyto(current._data, src, casting="unsafe")
         return current
     return Tensor._make(src.astype(dtype, copy=True))

@@ -1,7 +1,12 @@
 """Helpers for tests run under mpiexec: judge assertions on all ranks together, fail fast."""
 
+import os
+import sys
+
 import pytest
 from mpi4py import MPI
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: ddp_cases
 
 from ddpgrad.distributed.comm.mpi import MPICommunicator
 

@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 
+from ... import random
 from .base import Communicator, CollectiveMismatch, Work
 
 JOIN_GRACE_S = 5.0
@@ -229,12 +230,14 @@ def launch_threads(fn, world_size: int, args=(), kwargs=None, timeout: float | N
 
     def run(comm):
         _current.comm = comm
+        random.use_thread_generator()  # each rank draws from its own stream, as a process would
         try:
             results[comm.rank] = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - reported to the launcher, re-raised there
             world.fail(comm.rank, exc)
         finally:
             _current.comm = None
+            random.use_thread_generator(None)
             world.rank_finished()
 
     for comm in comms:
