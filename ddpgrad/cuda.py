@@ -37,4 +37,4 @@ def current_device() -> int:
 
 
 def synchronize():
-    backend.cupy_module().cuda.Stream.null.synchronize()
+    backend.cupy_module().cuda.Device().synchronize()

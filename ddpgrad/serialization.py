@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 
 import numpy as np
@@ -28,9 +28,10 @@ class CheckpointError(ValueError):
 
 
 def save(obj, f):
-    """Write nested dicts/lists/tuples of tensors, arrays, numbers, strings and None to ``f``.
+    """Write nested dicts/lists/tuples of tensors, arrays, numbers, strings, dtypes and None to ``f``.
 
-    ``f`` is a path (written atomically) or a binary file object.
+    ``f`` is a path (written atomically: a reader, or a job killed mid-save, sees the old file or
+    the new one, never half of one) or a binary file object. Dict keys must be str or int.
     """
     arrays = {}
     meta = {"format": FORMAT, "version": VERSION, "root": _encode(obj, arrays, "obj")}
@@ -40,7 +41,7 @@ def save(obj, f):
         return
     path = os.fspath(f)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = _create_temporary(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as out:
             np.savez(out, **arrays)
@@ -57,24 +58,48 @@ def save(obj, f):
 def load(f, map_location=None, weights_only=True):
     """Read a checkpoint written by ``save``; tensors land on ``map_location`` (default: CPU).
 
-    Never unpickles: a file with pickled objects raises ``CheckpointError``.
+    Never unpickles, whatever ``weights_only`` says (it is accepted for PyTorch scripts): a file
+    with pickled objects raises ``CheckpointError``.
     """
     name = os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", "<stream>")
     try:
-        with np.load(f, allow_pickle=False) as npz:
+        loaded = np.load(f, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise CheckpointError(
+                f"{name} is a single NumPy array (.npy), not a ddpgrad checkpoint: read it with "
+                f"numpy.load, or write checkpoints with ddpgrad.save"
+            )
+        with loaded as npz:
             if META_KEY not in npz.files:
+                if any(k == "data.pkl" or k.endswith("/data.pkl") for k in npz.files):
+                    raise CheckpointError(
+                        f"{name} looks like a PyTorch torch.save file: it holds pickled objects, "
+                        f"which ddpgrad never loads. Load it with PyTorch, turn the tensors into "
+                        f"NumPy arrays (t.numpy()) and write them with ddpgrad.save"
+                    )
                 raise CheckpointError(
                     f"{name} is an .npz file but not a ddpgrad checkpoint (no {META_KEY} entry)"
                 )
             meta = json.loads(npz[META_KEY].tobytes().decode())
             arrays = {k: npz[k] for k in npz.files if k != META_KEY}
+            odd = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+            if odd:
+                raise CheckpointError(f"{name} is a damaged ddpgrad checkpoint: entries {odd} are not NumPy arrays")
     except CheckpointError:
         raise
     except ValueError as exc:
-        if "pickle" in str(exc).lower():
+        text = str(exc).lower()
+        if "object arrays" in text:
             raise CheckpointError(
-                f"refusing to load {name}: it holds pickled Python objects, which could run code "
-                f"when loaded. ddpgrad checkpoints hold only arrays and JSON (write them with "
+                f"refusing to load {name}: it holds arrays of Python objects, stored pickled, "
+                f"which could run code when loaded. ddpgrad checkpoints hold only arrays and JSON "
+                f"(write them with ddpgrad.save)."
+            ) from None
+        if "pickle" in text:
+            raise CheckpointError(
+                f"refusing to load {name}: it is neither an .npz nor an .npy file, so reading it "
+                f"would mean unpickling it (a pickle or an old torch.save file can run code when "
+                f"loaded). ddpgrad checkpoints hold only arrays and JSON (write them with "
                 f"ddpgrad.save)."
             ) from None
         raise CheckpointError(f"{name} is not a ddpgrad checkpoint: {exc}") from None
@@ -82,20 +107,24 @@ def load(f, map_location=None, weights_only=True):
         if isinstance(exc, FileNotFoundError):
             raise
         raise CheckpointError(f"{name} is not a readable ddpgrad checkpoint: {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{name} is not a ddpgrad checkpoint (format {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{name} is not a ddpgrad checkpoint (format {found!r})")
     if meta.get("version", 0) > VERSION:
         raise CheckpointError(
             f"{name} was written by a newer ddpgrad (format version {meta['version']}); upgrade ddpgrad"
         )
     device = backend.as_device(map_location) if map_location is not None else backend.CPU
-    return _decode(meta["root"], arrays, device)
+    try:
+        return _decode(meta["root"], arrays, device)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"{name} is a damaged ddpgrad checkpoint: {type(exc).__name__}: {exc}") from None
 
 
 def _encode(obj, arrays, where):
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return {"t": "value", "v": obj}
-    if isinstance(obj, np.generic):
+    if isinstance(obj, (np.bool_, np.integer, np.floating)):
         return {"t": "value", "v": obj.item()}
     if isinstance(obj, Tensor):
         key = f"a{len(arrays)}"
@@ -144,6 +173,19 @@ def _decode(node, arrays, device):
         items = [_decode(v, arrays, device) for v in node["items"]]
         return items if kind == "list" else tuple(items)
     raise CheckpointError(f"unknown entry kind {kind!r} in checkpoint")
+
+
+def _create_temporary(directory, base):
+    """A new file beside the target, created with the mode a plain ``open`` would give it (the
+    umask applies; ``tempfile.mkstemp`` would make it private to its owner)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file for {base} in {directory}")
 
 
 def _fsync_directory(directory):

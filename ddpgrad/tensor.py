@@ -128,7 +128,7 @@ class Tensor:
         """Compute the gradient of this tensor with respect to the graph leaves."""
         from .autograd import backward
 
-        backward([self], None if gradient is None else [gradient], retain_graph, inputs=inputs)
+        backward([self], None if gradient is None else [gradient], retain_graph, create_graph, inputs)
 
     def requires_grad_(self, requires_grad=True):
         if not requires_grad and self.grad_fn is not None:
@@ -321,7 +321,15 @@ class Tensor:
     def _inplace(self, name, other, fn):
         self._check_inplace(name)
         other = other._data if isinstance(other, Tensor) else other
-        fn(self._data, other, out=self._data, casting="unsafe")
+        try:
+            # NumPy's and CuPy's default casting ("same_kind"): like PyTorch, a float result
+            # into an integer tensor is an error, not a silent truncation
+            fn(self._data, other, out=self._data)
+        except TypeError:
+            raise RuntimeError(
+                f"{name}: the result can't be cast to this tensor's dtype {self.dtype}; convert "
+                f"one side first (e.g. x = x.float())"
+            ) from None
         return self._bump()
 
     def add_(self, other, alpha=1):

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+SHUTDOWN_GRACE_S = 10
+"""After Ctrl-C, how long mpiexec gets to stop the ranks before it is killed."""
 
 
 def find_mpiexec():
@@ -32,33 +36,63 @@ def find_mpiexec():
     return found
 
 
+def available_cores():
+    """Cores this process may run on (the scheduler's CPU set, not the whole node)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def blas_threads(ranks, cores=None):
     """BLAS threads per rank so that ranks x threads does not exceed the cores."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = available_cores()
     return max(1, cores // ranks)
+
+
+def rank_environment(ranks, environ=None):
+    """(environment for the ranks, the variables this launcher set in it)."""
+    env = dict(os.environ if environ is None else environ)
+    threads = str(blas_threads(ranks))
+    added = {var: threads for var in THREAD_VARS if var not in env}
+    env.update(added)
+    return env, added
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Run a script on N local MPI ranks.")
-    p.add_argument("-n", "--nproc", type=int, default=None, help="number of ranks (default: number of cores)")
+    p.add_argument("-n", "--nproc", type=int, default=None,
+                   help="number of ranks (default: the cores this process may use)")
     p.add_argument("--mpiexec", default=None, help="path of the mpiexec to use")
     p.add_argument("--dry-run", action="store_true", help="print the command and environment, do not run")
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
-    n = a.nproc or os.cpu_count() or 1
+    n = available_cores() if a.nproc is None else a.nproc
     if n < 1:
         raise SystemExit(f"ddprun: -n must be at least 1, got {n}")
-    env = dict(os.environ)
-    threads = blas_threads(n)
-    for var in THREAD_VARS:
-        env.setdefault(var, str(threads))
+    if not os.path.isfile(a.script):
+        raise SystemExit(f"ddprun: no such script: {a.script}")
+    env, added = rank_environment(n)
     cmd = [a.mpiexec or find_mpiexec(), "-n", str(n), sys.executable, a.script, *a.args]
-    print(f"ddprun: {' '.join(cmd)}  (BLAS threads per rank: {env['OPENBLAS_NUM_THREADS']})", file=sys.stderr, flush=True)
+    threads = env["OPENBLAS_NUM_THREADS"]
     if a.dry_run:
+        print(shlex.join(cmd))
+        for var in THREAD_VARS:
+            print(f"{var}={env[var]}" + ("" if var in added else "  (already set)"))
         return 0
-    return subprocess.call(cmd, env=env)
+    print(f"ddprun: {shlex.join(cmd)}  (BLAS threads per rank: {threads})", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        # mpiexec got the Ctrl-C too and is stopping the ranks: let it finish doing so.
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=SHUTDOWN_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
 
 
 if __name__ == "__main__":

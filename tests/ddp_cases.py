@@ -47,7 +47,11 @@ class MixedPrecision(nn.Module):
         return self.b(self.a(x).tanh().float()).double()
 
 
-def make_model(kind):
+def make_model(kind, device="cpu"):
+    return _make_model(kind).to(device)
+
+
+def _make_model(kind):
     ddpgrad.manual_seed(1234)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(IN, HIDDEN, dtype=ddpgrad.float64), nn.ReLU(),
@@ -91,9 +95,17 @@ def _loss(model, x, y, flags):
     return ((_forward(model, x, flags) - y) ** 2).mean()
 
 
-def train_single_process(kind, opt_name, world, per_rank, steps=STEPS, micro=1):
+def _batch(device, *arrays):
+    return tuple(ddpgrad.tensor(a, device=device) for a in arrays)
+
+
+def _host(model):
+    return {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
+
+
+def train_single_process(kind, opt_name, world, per_rank, steps=STEPS, micro=1, device="cpu"):
     """The oracle: one process, global batch world*per_rank, no communication."""
-    model = make_model(kind)
+    model = make_model(kind, device)
     opt = make_optimizer(opt_name, model.parameters())
     x, y, flags = make_data(world, per_rank, steps, micro)
     g = world * per_rank
@@ -101,15 +113,15 @@ def train_single_process(kind, opt_name, world, per_rank, steps=STEPS, micro=1):
         opt.zero_grad()
         for m in range(micro):
             s = slice((step * micro + m) * g, (step * micro + m + 1) * g)
-            _loss(model, ddpgrad.tensor(x[s]), ddpgrad.tensor(y[s]), ddpgrad.tensor(flags[s])).backward()
+            _loss(model, *_batch(device, x[s], y[s], flags[s])).backward()
         opt.step()
-    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    return _host(model)
 
 
-def train_ddp(kind, opt_name, per_rank, steps=STEPS, micro=1, bucket_cap_mb=None):
+def train_ddp(kind, opt_name, per_rank, steps=STEPS, micro=1, bucket_cap_mb=None, device="cpu"):
     """The same training on this rank's shard of every global batch, under DDP."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = make_model(kind)
+    model = make_model(kind, device)
     if rank > 0:  # DDP must overwrite every rank's replica with rank 0's
         with ddpgrad.no_grad():
             for p in model.parameters():
@@ -123,14 +135,14 @@ def train_ddp(kind, opt_name, per_rank, steps=STEPS, micro=1, bucket_cap_mb=None
         for m in range(micro):
             base = (step * micro + m) * g + rank * per_rank
             s = slice(base, base + per_rank)
-            batch = ddpgrad.tensor(x[s]), ddpgrad.tensor(y[s]), ddpgrad.tensor(flags[s])
+            batch = _batch(device, x[s], y[s], flags[s])
             if m < micro - 1:
                 with ddp.no_sync():
                     _loss(ddp, *batch).backward()
             else:
                 _loss(ddp, *batch).backward()
         opt.step()
-    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}, ddp
+    return _host(model), ddp
 
 
 def compare(ddp_params, reference, rtol_f64=1e-10, rtol_f32=1e-5):
@@ -145,10 +157,11 @@ def compare(ddp_params, reference, rtol_f64=1e-10, rtol_f32=1e-5):
     return bad
 
 
-def scenario_matches_single_process(kind="mlp", opt_name="sgd", per_rank=4, micro=1, bucket_cap_mb=None):
+def scenario_matches_single_process(kind="mlp", opt_name="sgd", per_rank=4, micro=1, bucket_cap_mb=None,
+                                    device="cpu"):
     world = dist.get_world_size()
-    got, ddp = train_ddp(kind, opt_name, per_rank, micro=micro, bucket_cap_mb=bucket_cap_mb)
-    reference = train_single_process(kind, opt_name, world, per_rank, micro=micro)
+    got, ddp = train_ddp(kind, opt_name, per_rank, micro=micro, bucket_cap_mb=bucket_cap_mb, device=device)
+    reference = train_single_process(kind, opt_name, world, per_rank, micro=micro, device="cpu")
     # in the mixed model float32 arithmetic sits on every gradient path: float32 tolerance for all
     rtol_f64 = 1e-5 if kind == "mixed" else 1e-10
     return {"mismatches": compare(got, reference, rtol_f64=rtol_f64), "buckets": len(ddp.reducer.buckets)}

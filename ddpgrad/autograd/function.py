@@ -78,7 +78,8 @@ class Function:
                 arr = a._data
                 if first is None:
                     first = arr
-                elif type(arr) is not type(first):
+                elif type(arr) is not type(first) and device_of(arr) != device_of(first):
+                    # (types also differ between an ndarray and the NumPy scalar of a 0-d result)
                     _raise_device_mismatch(cls, first, arr)
                 needs_grad = needs_grad or a.requires_grad
                 arrays.append(arr)

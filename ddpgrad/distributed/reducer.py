@@ -24,6 +24,7 @@ import numpy as np
 from ..autograd.engine import queue_callback
 from ..backend import array_module
 from ..tensor import Tensor
+from .staging import StagedAllreduce, needs_staging, pinned_like, start_allreduce
 
 DEFAULT_BUCKET_CAP_MB = 25.0
 """PyTorch DDP's default: large enough that per-message latency is negligible."""
@@ -38,11 +39,12 @@ _MB = 1024 * 1024
 class Bucket:
     """A flat buffer holding the gradients of some parameters of one dtype."""
 
-    __slots__ = ("index", "buffer", "members", "pending", "work", "describe_prefix")
+    __slots__ = ("index", "buffer", "host", "members", "pending", "work", "describe_prefix")
 
-    def __init__(self, index, buffer, members, describe_prefix):
+    def __init__(self, index, buffer, members, describe_prefix, host=None):
         self.index = index
         self.buffer = buffer
+        self.host = host  # pinned host copy of a GPU buffer when MPI can not read device memory
         self.members = members  # parameter indices
         self.pending = len(members)
         self.work = None
@@ -121,7 +123,8 @@ class Reducer:
                 self._bucket_of[i] = b
             prefix = (f"allreduce of bucket {b} ({buffer.nbytes / 1e6:.2f} MB {buffer.dtype}, "
                       f"{len(members)} params from {self.names[members[0]]})")
-            self.buckets.append(Bucket(b, buffer, members, prefix))
+            host = pinned_like(buffer) if needs_staging(buffer, self.comm) else None
+            self.buckets.append(Bucket(b, buffer, members, prefix, host))
         self._order = list(order)
 
     def layout(self):
@@ -184,7 +187,7 @@ class Reducer:
         elif self.comm_hook is not None:
             bucket.work = self.comm_hook(self.comm_hook_state, GradBucket(bucket, self.comm, describe))
         else:
-            bucket.work = self.comm.iallreduce(bucket.buffer, "sum", describe=describe)
+            bucket.work = start_allreduce(self.comm, bucket.buffer, bucket.host, describe)
 
     def _progress(self):
         """Let MPI advance the collectives in flight; retire the oldest ones that completed."""
@@ -203,6 +206,9 @@ class Reducer:
         for bucket in self.buckets:
             bucket.pending = 0
         self._launch_ready()
+        for bucket in self.buckets:
+            if isinstance(bucket.work, StagedAllreduce):
+                bucket.work.start()  # every bucket's collective is issued before the usage one
         size = self.comm.size
         used = self._used
         usage = None

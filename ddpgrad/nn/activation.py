@@ -21,11 +21,15 @@ class ReLU(Module):
 
 
 class Tanh(Module):
+    """Hyperbolic tangent, elementwise."""
+
     def forward(self, input):  # noqa: A002
         return F.tanh(input)
 
 
 class Sigmoid(Module):
+    """1 / (1 + exp(-x)), elementwise."""
+
     def forward(self, input):  # noqa: A002
         return F.sigmoid(input)
 
@@ -45,6 +49,8 @@ class GELU(Module):
 
 
 class Softmax(Module):
+    """exp(x) normalised to sum to 1 along ``dim``."""
+
     def __init__(self, dim=None):
         super().__init__()
         self.dim = dim
@@ -57,5 +63,7 @@ class Softmax(Module):
 
 
 class LogSoftmax(Softmax):
+    """log(softmax(x)) along ``dim``, computed stably (pair it with NLLLoss)."""
+
     def forward(self, input):  # noqa: A002
         return F.log_softmax(input, self.dim)

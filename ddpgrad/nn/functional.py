@@ -31,6 +31,11 @@ def _reduction(size_average, reduce, reduction):
 # ---------------------------------------------------------------------------- layers
 def linear(input, weight, bias=None):  # noqa: A002 - PyTorch's argument names
     """``input @ weight.T + bias``."""
+    if input.dtype != weight.dtype:  # PyTorch refuses too: a silent upcast would change the numbers
+        raise RuntimeError(
+            f"linear: input dtype {input.dtype} does not match weight dtype {weight.dtype}: convert "
+            f"the input (x.to(ddpgrad.{weight.dtype})) or the model (model.to(ddpgrad.{input.dtype}))"
+        )
     if bias is None:
         return fused.Linear.apply(input, weight)
     return fused.Linear.apply(input, weight, bias)

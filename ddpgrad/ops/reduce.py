@@ -132,7 +132,7 @@ class MaxMinDim(Function):
     @staticmethod
     def forward(ctx, a, indices, dim, keepdim=False, largest=True):
         xp = array_module(a)
-        idx = xp.expand_dims(indices, dim) if not keepdim else indices
+        idx = xp.expand_dims(indices, dim)  # argmax/argmin drop ``dim``, whatever keepdim says
         values = xp.take_along_axis(a, idx, axis=dim)
         ctx.shape, ctx.idx, ctx.dim, ctx.keepdim = a.shape, idx, dim, keepdim
         return values if keepdim else values.squeeze(dim)
@@ -142,9 +142,9 @@ class MaxMinDim(Function):
         xp = array_module(grad)
         if not ctx.keepdim:
             grad = xp.expand_dims(grad, ctx.dim)
-        out = xp.zeros(ctx.shape, dtype=grad.dtype)
-        xp.put_along_axis(out, ctx.idx, grad, axis=ctx.dim)
-        return out
+        n = ctx.shape[ctx.dim]
+        positions = xp.arange(n).reshape([n if d == ctx.dim else 1 for d in range(len(ctx.shape))])
+        return (positions == ctx.idx) * grad  # one-hot along dim (CuPy has no put_along_axis)
 
 
 class LogSumExp(Function):

@@ -193,12 +193,12 @@ def _plain(value):
 
 def _restore(p, key, value, current):
     """A copy of a saved state value, on ``p``'s device; reuses ``current``'s array if it fits."""
-    if isinstance(value, np.ndarray) or backend.is_cuda_array(value):
+    if key == "step":  # a host scalar, as in PyTorch (read every step; never on the GPU)
+        value = _host_scalar(float(value))
+    elif isinstance(value, np.ndarray) or backend.is_cuda_array(value):
         value = Tensor._make(value)
     if not isinstance(value, Tensor):
         return value
-    if key == "step":  # a host scalar, as in PyTorch (read every step; never on the GPU)
-        value = _host_scalar(float(value.item()))
     src = backend.to_device(value._data, value.device if key == "step" else p.device)
     dtype = p.dtype if value.is_floating_point() and key != "step" else value.dtype
     if isinstance(current, Tensor) and current.shape == value.shape and current.dtype == dtype \

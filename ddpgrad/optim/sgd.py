@@ -47,17 +47,14 @@ class SGD(Optimizer):
             step = g
         else:
             state = self.state.setdefault(p, {})
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = Tensor._make(g.copy())
-                buf = buf._data
+            if state.get("momentum_buffer") is None:  # first step: the buffer starts as g
+                state["momentum_buffer"] = Tensor._make(g.copy())
+                buf = state["momentum_buffer"]._data
             else:
-                buf = buf._data
+                buf = state["momentum_buffer"]._data
                 xp.multiply(buf, momentum, out=buf)
-                if group["dampening"] == 0:
-                    xp.add(buf, g, out=buf)
-                else:  # nesterov is excluded here, so g may be overwritten
-                    xp.add(buf, xp.multiply(g, 1 - group["dampening"], out=work[0]), out=buf)
+                damped = g if group["dampening"] == 0 else xp.multiply(g, 1 - group["dampening"], out=work[0])
+                xp.add(buf, damped, out=buf)
             if group["nesterov"]:
                 step = xp.multiply(buf, momentum, out=work[0])
                 xp.add(g, step, out=step)

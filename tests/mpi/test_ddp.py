@@ -89,3 +89,13 @@ def test_exception_on_one_rank_ends_a_4_rank_ddp_job_fast(tmp_path):
     assert proc.returncode != 0
     assert elapsed < 20, f"took {elapsed:.1f} s"
     assert "[rank 2]" in proc.stderr and "boom on purpose" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.mpi(min_size=1)
+def test_ddp_with_gpu_gradients_matches_single_process():
+    import ddpgrad
+
+    if not ddpgrad.cuda.is_available():
+        pytest.skip("no CUDA GPU with CuPy here (pip install 'ddpgrad[gpu]' on a GPU machine)")
+    r = ddp_cases.scenario_matches_single_process("mlp", "adam", 4, 1, 0.0003, "cuda")
+    assert_all_ranks(r["mismatches"] == [], r["mismatches"])

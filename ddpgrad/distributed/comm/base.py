@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from .sum16 import PAIRWISE_SUMS
+
 # ---------------------------------------------------------------------------------------------
 # Defaults, each with its reason.
 
@@ -36,6 +38,12 @@ to the others (ranks often outnumber cores)."""
 
 REDUCE_OPS = ("sum", "max", "min", "prod")
 """Element-wise reductions; an average is a sum divided by ``size`` by the caller."""
+
+SUM16_OPS = {op: dtype for op, (dtype, _) in PAIRWISE_SUMS.items()}
+"""Sums that keep 16 bits on the wire (gradient compression): "sum_fp16" on float16 buffers and
+"sum_bf16" on bfloat16 bit patterns in uint16 buffers; every partial sum is rounded to 16 bits
+(see ``sum16``). A float16 buffer's plain "sum" is instead accumulated in float32 (more accurate,
+twice the bytes on MPI)."""
 
 SUPPORTED_DTYPES = tuple(
     np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.uint16, np.uint8)
@@ -148,8 +156,9 @@ def _describe(collective: str, buf: np.ndarray) -> str:
 
 
 def _check_buffer(buf, collective: str, writable: bool = True):
-    if not isinstance(buf, np.ndarray):
-        raise TypeError(f"{collective} takes a NumPy array, got {type(buf).__name__}")
+    if not isinstance(buf, np.ndarray) and not hasattr(buf, "__cuda_array_interface__"):
+        raise TypeError(f"{collective} takes a NumPy array (or a CuPy array with a CUDA-aware MPI), "
+                        f"got {type(buf).__name__}")
     if buf.dtype not in SUPPORTED_DTYPES:
         names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
         raise TypeError(f"{collective} does not support dtype {buf.dtype}; use one of {names}")
@@ -205,8 +214,15 @@ class Communicator:
     def iallreduce(self, buf: np.ndarray, op: str = "sum", *, describe: str | None = None) -> Work:
         """Start reducing ``buf`` across ranks, in place; ``buf`` is not to be touched until done."""
         _check_buffer(buf, "allreduce")
-        if op not in REDUCE_OPS:
-            raise ValueError(f"allreduce op must be one of {REDUCE_OPS}, got {op!r}")
+        if op in SUM16_OPS:
+            if buf.dtype != SUM16_OPS[op]:
+                raise TypeError(
+                    f"allreduce op {op!r} takes a {SUM16_OPS[op]} buffer, got {buf.dtype}: "
+                    f"sum_fp16 sums float16 arrays, sum_bf16 sums bfloat16 bit patterns held in "
+                    f"uint16 (see ddpgrad.distributed.comm.sum16.float_to_bf16_bits)"
+                )
+        elif op not in REDUCE_OPS:
+            raise ValueError(f"allreduce op must be one of {REDUCE_OPS + tuple(SUM16_OPS)}, got {op!r}")
         return self._iallreduce(buf, op, describe or _describe(f"allreduce({op})", buf))
 
     def ibroadcast(self, buf: np.ndarray, root: int = 0, *, describe: str | None = None) -> Work:
@@ -227,7 +243,8 @@ class Communicator:
 
     # -- blocking -------------------------------------------------------------------------------
     def allreduce(self, buf: np.ndarray, op: str = "sum", *, describe: str | None = None) -> np.ndarray:
-        """Reduce ``buf`` across ranks in place ("sum", "max", "min", "prod"); returns ``buf``."""
+        """Reduce ``buf`` across ranks in place ("sum", "max", "min", "prod", or a 16-bit sum
+        "sum_fp16"/"sum_bf16", see ``SUM16_OPS``); returns ``buf``."""
         return self.iallreduce(buf, op, describe=describe).wait()
 
     def broadcast(self, buf: np.ndarray, root: int = 0, *, describe: str | None = None) -> np.ndarray:

@@ -3,7 +3,11 @@
 Arrays go to MPI as typed buffers, never as pickled objects. float16 has no standard MPI type:
 broadcast and allgather move its bits as uint16; allreduce sums (or max/min/prod) a float32 copy
 and rounds back once. That costs twice the bytes on the wire for float16 buffers, and buys a more
-accurate sum and no Python callback inside MPI's progress engine (a user-defined op would be one).
+accurate sum and no Python callback inside MPI's progress engine.
+
+The 16-bit sums "sum_fp16" and "sum_bf16" (gradient compression) do keep 16 bits on the wire:
+they are user-defined MPI ops whose Python callback applies ``sum16``'s pairwise sum, the same
+NumPy arithmetic as the other backends.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import traceback
 import numpy as np
 
 from .base import Communicator, Work, abort_disabled
+from .sum16 import PAIRWISE_SUMS
 
 _MPI_TYPE_NAMES = {
     np.dtype(np.float32): "FLOAT",
@@ -27,6 +32,7 @@ _MPI_TYPE_NAMES = {
 }
 _MPI_OP_NAMES = {"sum": "SUM", "max": "MAX", "min": "MIN", "prod": "PROD"}
 _abort_hooks_installed = False
+_sum16_ops = {}  # op name -> MPI.Op, created once per process (mpi4py has few user-op slots)
 
 
 def mpi_module():
@@ -78,6 +84,21 @@ def install_abort_on_exception() -> bool:
     return True
 
 
+def sum16_op(name):
+    """The user-defined, commutative ``MPI.Op`` for a ``sum16`` op, on buffers typed UINT16_T."""
+    op = _sum16_ops.get(name)
+    if op is None:
+        dtype, add = PAIRWISE_SUMS[name]
+
+        def combine(inbuf, inoutbuf, datatype):
+            if datatype.Get_size() != 2:
+                raise TypeError(f"the {name} MPI op takes 16-bit elements, got {datatype.Get_name()}")
+            add(np.frombuffer(inoutbuf, dtype=dtype), np.frombuffer(inbuf, dtype=dtype))
+
+        op = _sum16_ops[name] = mpi_module().Op.Create(combine, commute=True)
+    return op
+
+
 class _MPIWork(Work):
     def __init__(self, comm, collective, describe, request, result=None, finish=None):
         super().__init__(comm, collective, describe, result)
@@ -124,6 +145,10 @@ class MPICommunicator(Communicator):
         return [buf, self._types[buf.dtype]]
 
     def _iallreduce(self, buf, op, describe):
+        if op in PAIRWISE_SUMS:
+            wire = [buf.view(np.uint16), self._types[np.dtype(np.uint16)]]
+            request = self.comm.Iallreduce(self._mpi.IN_PLACE, wire, sum16_op(op))
+            return _MPIWork(self, "allreduce", describe, request, result=buf)
         finish = None
         target = buf
         if buf.dtype == np.float16:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ... import random
 from .base import Communicator, CollectiveMismatch, Work
+from .sum16 import PAIRWISE_SUMS
 
 JOIN_GRACE_S = 5.0
 """After a rank fails, how long ``launch_threads`` waits for the others to unwind before raising.
@@ -42,7 +43,15 @@ class RankFailed(RuntimeError):
 
 
 def _allreduce(bufs, op):
-    # float16 accumulates in float32 and rounds once, like the MPI backend.
+    if op in PAIRWISE_SUMS:  # 16-bit sums: rank order, each partial sum rounded (as MPI's op does)
+        add = PAIRWISE_SUMS[op][1]
+        total = bufs[0].copy()
+        for buf in bufs[1:]:
+            add(total, buf)
+        for buf in bufs:
+            np.copyto(buf, total)
+        return bufs
+    # float16 "sum" accumulates in float32 and rounds once, like the MPI backend.
     accumulator = bufs[0].astype(np.float32 if bufs[0].dtype == np.float16 else bufs[0].dtype)
     for buf in bufs[1:]:
         _UFUNCS[op](accumulator, buf, out=accumulator)
