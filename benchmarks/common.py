@@ -89,6 +89,7 @@ def machine_record() -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "env": {var: os.environ.get(var) for var in BLAS_ENV},
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],  # other work on a shared machine
     }
     try:
         deps = np.show_config(mode="dicts")["Build Dependencies"]

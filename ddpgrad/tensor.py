@@ -166,6 +166,7 @@ class Tensor:
             if t is not None:
                 t.grad = Tensor._make(grad._data.copy()) if t.grad is None else t.grad + grad
 
+        keep.keeps_grad = True
         self.register_hook(keep)
 
     @property
@@ -185,7 +186,10 @@ class Tensor:
             if self._hooks is None:
                 self._hooks = []
             hooks = self._hooks
-        hooks.append(hook)
+        if hooks and getattr(hooks[-1], "keeps_grad", False):
+            hooks.insert(len(hooks) - 1, hook)  # retain_grad's hook runs last, as in PyTorch
+        else:
+            hooks.append(hook)
         return _RemovableHandle(hooks, hook)
 
     def register_post_accumulate_grad_hook(self, hook):
@@ -228,8 +232,11 @@ class Tensor:
         return self._own_array()
 
     def __array__(self, dtype=None, copy=None):
+        # np.asarray(t) shares memory, np.array(t) (copy=True) must not
         data = backend.to_device(self._data, backend.CPU)
-        return data if dtype is None else data.astype(dtype, copy=False)
+        if dtype is not None:
+            return data.astype(dtype, copy=bool(copy))
+        return data.copy() if copy else data
 
     def to(self, *args, **kwargs):
         """Cast to a dtype and/or move to a device: ``to(dtype)``, ``to(device)``, ``to(other)``."""

@@ -22,6 +22,7 @@ import ddpgrad as torch
 import ddpgrad.distributed as dist
 import ddpgrad.nn as nn
 import ddpgrad.nn.functional as F
+from ddpgrad.distributed.algorithms.ddp_comm_hooks import default_hooks
 from ddpgrad.nn.parallel import DistributedDataParallel as DDP
 from ddpgrad.utils.data import DataLoader, TensorDataset
 from ddpgrad.utils.data.distributed import DistributedSampler
@@ -45,7 +46,14 @@ def parse_args(argv=None):
     p.add_argument("--metrics", metavar="FILE", help="append one JSON line per epoch")
     p.add_argument("--plot", metavar="FILE.png", help="loss and validation-accuracy curves")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--compress", choices=["none", "fp16", "bf16"], default="none",
+                   help="send gradients as 16-bit floats (DDP communication hook): half the bytes")
     return p.parse_args(argv)
+
+
+RESUME_MUST_MATCH = ("data", "synthetic", "hidden", "optimizer", "batch_size", "seed", "val_fraction")
+"""Options that shape the model, the data order or the optimizer state: --resume refuses a change
+(--lr and --epochs may change)."""
 
 
 class DataError(ValueError):
@@ -80,7 +88,7 @@ def load_npz(path):
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
         raise DataError(f"--data {path}: not a readable .npz file ({exc})") from None
-    if X.ndim != 2 or X.dtype.kind not in "fiu":
+    if X.ndim != 2 or X.dtype.kind not in "fiu" or X.shape[1] == 0:
         raise DataError(f"--data {path}: X must be a 2-D numeric array (samples, features), got {X.dtype} {X.shape}")
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise DataError(f"--data {path}: y must be a 1-D integer array of class labels, got {y.dtype} {y.shape}")
@@ -192,6 +200,8 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     model = DDP(build_model(X.shape[1], args.hidden, classes).to(device))
+    if args.compress != "none":
+        model.register_comm_hook(None, getattr(default_hooks, f"{args.compress}_compress_hook"))
     if args.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     else:
@@ -203,6 +213,11 @@ def main(argv=None):
         if not ckpt_path or not os.path.exists(ckpt_path):
             raise SystemExit(f"error: --resume needs an existing checkpoint; {ckpt_path or '--checkpoint-dir'} not found")
         state = torch.load(ckpt_path, map_location=device)
+        changed = [f"--{k.replace('_', '-')} was {state['args'].get(k)!r}, now {getattr(args, k)!r}"
+                   for k in RESUME_MUST_MATCH if state["args"].get(k) != getattr(args, k)]
+        if changed:
+            raise SystemExit(f"error: --resume from {ckpt_path}: the run's setup changed ({'; '.join(changed)}); "
+                             f"resume with the options the checkpoint was written with")
         model.module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])

@@ -82,15 +82,18 @@ def test_implicit_gradient_is_one_even_for_an_infinite_output():
 
 def test_leaf_gradients_become_final_in_reverse_order_of_use():
     # the reducer relies on this to launch allreduces for the last layers first
+    # and to overlap them with the rest of backward: a leaf is accumulated as soon as it is
+    # final, before the engine goes on into earlier layers (h1's gradient comes after w2's)
     w1, w2, w3 = leaf([1.0]), leaf([2.0]), leaf([3.0])
     order = []
     for name, w in (("w1", w1), ("w2", w2), ("w3", w3)):
         w.register_post_accumulate_grad_hook(lambda t, name=name: order.append(name))
     x = ddpgrad.tensor([1.0], dtype=ddpgrad.float64)
-    h = (x * w1).tanh()
-    h = (h * w2).tanh()
-    (h * w3).sum().backward()
-    assert order == ["w3", "w2", "w1"]
+    h1 = (x * w1).tanh()
+    h1.register_hook(lambda g: order.append("h1"))
+    h2 = (h1 * w2).tanh()
+    (h2 * w3).sum().backward()
+    assert order == ["w3", "w2", "h1", "w1"]
 
 
 # ------------------------------------------------------------------ custom Functions and None gradients
@@ -311,6 +314,15 @@ def test_retain_grad_keeps_a_non_leaf_gradient():
     np.testing.assert_array_equal(y.grad.numpy(), [8.0, 16.0])  # accumulates, like a leaf's
     x.retain_grad()  # a no-op on leaves
     assert not x.retains_grad
+
+
+def test_retain_grad_sees_the_gradient_after_the_other_hooks():
+    x = leaf([1.0, 2.0])
+    y = x * 2
+    y.retain_grad()
+    y.register_hook(lambda g: g * 10)  # registered after retain_grad, still runs before it
+    y.sum().backward()
+    assert y.grad.tolist() == [10.0, 10.0] and x.grad.tolist() == [20.0, 20.0]
 
 
 # ------------------------------------------------------------------ graph lifetime

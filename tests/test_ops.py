@@ -251,6 +251,42 @@ def test_unary_op_non_contiguous(name, layout):
     helper_test_op([(3, 4)], torch_fn, our_fn, low=lo, high=hi, layout=layout)
 
 
+@pytest.mark.parametrize("name", UNARY)
+def test_unary_op_keeps_float32(name):
+    torch_fn, our_fn, lo, hi = UNARY[name]
+    x = np.linspace(lo, hi, 12, dtype=np.float32).reshape(3, 4)
+    theirs_x, ours_x = torch.tensor(x, requires_grad=True), ddpgrad.tensor(x, requires_grad=True)
+    theirs, ours = torch_fn(theirs_x), our_fn(ours_x)
+    assert_matches_torch(ours, theirs, rtol=1e-5, atol=1e-6)
+    theirs.sum().backward()
+    ours.sum().backward()
+    assert_matches_torch(ours_x.grad, theirs_x.grad, rtol=1e-5, atol=1e-6)
+
+
+FLOAT32_REDUCTIONS = {
+    "sum": lambda x: x.sum(1), "mean": lambda x: x.mean(), "var": lambda x: x.var(0), "std": lambda x: x.std(1),
+    "max": lambda x: x.max(), "max_dim": lambda x: x.max(1)[0], "amin": lambda x: x.amin(0),
+    "logsumexp": lambda x: x.logsumexp(1), "softmax": lambda x: x.softmax(1), "log_softmax": lambda x: x.log_softmax(0),
+    "matmul": lambda x: x @ x.T, "index": lambda x: x[[0, 0, 2]], "cat": lambda x: torch_or_ours(x).cat([x, x]),
+    "maximum": lambda x: torch_or_ours(x).maximum(x, x.T[:3, :1]), "where": lambda x: torch_or_ours(x).where(x > 0, x, 0.5),
+}
+
+
+def torch_or_ours(x):
+    return torch if isinstance(x, torch.Tensor) else ddpgrad
+
+
+@pytest.mark.parametrize("name", FLOAT32_REDUCTIONS)
+def test_reductions_and_joins_keep_float32(name):
+    x = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
+    theirs_x, ours_x = torch.tensor(x, requires_grad=True), ddpgrad.tensor(x, requires_grad=True)
+    theirs, ours = FLOAT32_REDUCTIONS[name](theirs_x), FLOAT32_REDUCTIONS[name](ours_x)
+    assert_matches_torch(ours, theirs, rtol=1e-5, atol=1e-6)
+    theirs.sum().backward()
+    ours.sum().backward()
+    assert_matches_torch(ours_x.grad, theirs_x.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_unary_ops_at_their_kinks_match_torch():
     x = np.array([-1.0, 0.0, 0.0, 1.0, -0.5, 0.5])
     for fn in (torch.abs, torch.relu, lambda t: t.clamp(-0.5, 0.5), lambda t: t.clamp(min=0.0),
@@ -534,6 +570,8 @@ def test_bad_reshape_and_expand_errors():
         x.reshape(4, 2)
     with pytest.raises(RuntimeError, match="expand"):
         x.expand(4, 3)
+    with pytest.raises(RuntimeError, match="-1.*leading"):
+        x.expand(-1, 2, 3)
     with pytest.raises(RuntimeError, match="permutation"):
         x.permute(0, 0)
     with pytest.raises(RuntimeError, match="t\\(\\)"):

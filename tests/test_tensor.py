@@ -220,6 +220,15 @@ def test_numpy_shares_memory_and_refuses_tensors_that_require_grad():
     assert np.asarray(w, dtype=np.float64).dtype == np.float64
 
 
+def test_np_array_copies_and_np_asarray_shares():
+    t = ddpgrad.ones(3)
+    np.array(t)[0] = 5.0
+    np.array(t, dtype=np.float32)[1] = 5.0
+    assert t.tolist() == [1.0, 1.0, 1.0]
+    np.asarray(t)[2] = 7.0
+    assert t.tolist() == [1.0, 1.0, 7.0]
+
+
 def test_numpy_of_a_0d_result_is_an_array_that_writes_through():
     s = ddpgrad.ones(3).sum()
     a = s.numpy()

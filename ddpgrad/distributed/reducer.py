@@ -185,7 +185,9 @@ class Reducer:
         if self.comm.size == 1 and self.comm_hook is None:
             bucket.work = None
         elif self.comm_hook is not None:
-            bucket.work = self.comm_hook(self.comm_hook_state, GradBucket(bucket, self.comm, describe))
+            grad_bucket = GradBucket(bucket, self.comm, describe, [self.params[i] for i in bucket.members],
+                                     bucket.index == len(self.buckets) - 1)
+            bucket.work = _check_hook_work(self.comm_hook(self.comm_hook_state, grad_bucket), self.comm_hook)
         else:
             bucket.work = start_allreduce(self.comm, bucket.buffer, bucket.host, describe)
 
@@ -222,7 +224,7 @@ class Reducer:
             result = bucket.work.wait()
             if self.comm_hook is not None:
                 if result is not bucket.buffer:
-                    bucket.buffer[...] = result
+                    bucket.buffer[...] = _check_hook_result(result, bucket, self.comm_hook)
             else:
                 array_module(bucket.buffer).divide(bucket.buffer, size, out=bucket.buffer)
             bucket.work = None
@@ -255,10 +257,19 @@ class Reducer:
 
 
 class GradBucket:
-    """What a communication hook gets: one bucket's flat gradient buffer and its parameters."""
+    """What a communication hook gets: one bucket's flat gradient buffer and its parameters.
 
-    def __init__(self, bucket, comm, describe):
+    The hook (``DistributedDataParallel.register_comm_hook``) starts the bucket's communication
+    on ``comm`` (naming it ``describe`` for timeout messages) and returns a handle with
+    ``test() -> bool`` and ``wait() -> array``; ``wait()`` gives the bucket's gradient averaged
+    over the ranks, of the buffer's shape (the reducer copies it into the buffer unless it is the
+    buffer itself, and does not divide by the world size).
+    """
+
+    def __init__(self, bucket, comm, describe, params=(), last=False):
         self._bucket = bucket
+        self._params = params
+        self._last = last
         self.comm = comm
         self.describe = describe
 
@@ -269,5 +280,31 @@ class GradBucket:
         """The flat gradient array (NumPy or CuPy) of this bucket, summed over nothing yet."""
         return self._bucket.buffer
 
+    def parameters(self):
+        """The parameters whose gradients are views into ``buffer()``, in buffer order."""
+        return list(self._params)
+
     def is_last(self):
-        return False
+        """Whether this is the last bucket reduced in an iteration."""
+        return self._last
+
+
+def _check_hook_work(work, hook):
+    if not (hasattr(work, "wait") and hasattr(work, "test")):
+        raise TypeError(
+            f"communication hook {getattr(hook, '__name__', hook)!r} returned {type(work).__name__}, "
+            f"not a handle with test() and wait(): return the Work of the collective it started "
+            f"(e.g. bucket.comm.iallreduce(...)), or an object wrapping it"
+        )
+    return work
+
+
+def _check_hook_result(result, bucket, hook):
+    if getattr(result, "shape", None) != bucket.buffer.shape:
+        raise RuntimeError(
+            f"communication hook {getattr(hook, '__name__', hook)!r}: wait() returned "
+            f"{type(result).__name__} of shape {getattr(result, 'shape', None)} for bucket "
+            f"{bucket.index}, whose buffer has shape {bucket.buffer.shape}: it must return the "
+            f"bucket's averaged gradient, an array of the buffer's shape"
+        )
+    return result

@@ -269,6 +269,11 @@ def unsqueeze(a, dim):
 def expand(a, *sizes):
     sizes = _shape_args(sizes)
     lead = len(sizes) - a.ndim
+    if -1 in sizes[:max(lead, 0)]:
+        raise RuntimeError(
+            f"expand: size -1 is not allowed in a new leading dimension (sizes {list(sizes)} for a "
+            f"tensor of shape {list(a.shape)})"
+        )
     new = tuple(a.shape[i - lead] if n == -1 else n for i, n in enumerate(sizes))
     return _view_of(shape_ops.Expand.apply(a, new), a)
 

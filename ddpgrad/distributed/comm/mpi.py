@@ -88,11 +88,11 @@ def sum16_op(name):
     """The user-defined, commutative ``MPI.Op`` for a ``sum16`` op, on buffers typed UINT16_T."""
     op = _sum16_ops.get(name)
     if op is None:
-        dtype, add = PAIRWISE_SUMS[name]
 
         def combine(inbuf, inoutbuf, datatype):
             if datatype.Get_size() != 2:
                 raise TypeError(f"the {name} MPI op takes 16-bit elements, got {datatype.Get_name()}")
+            dtype, add = PAIRWISE_SUMS[name]  # looked up per call, so a test can watch it
             add(np.frombuffer(inoutbuf, dtype=dtype), np.frombuffer(inbuf, dtype=dtype))
 
         op = _sum16_ops[name] = mpi_module().Op.Create(combine, commute=True)

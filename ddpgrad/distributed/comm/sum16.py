@@ -54,13 +54,15 @@ def bf16_bits_to_float32(bits):
 
 def add_fp16_(total, other):
     """``total = fp16(float32(total) + float32(other))`` in place, on float16 arrays."""
-    np.add(total, other, out=total)  # NumPy's float16 add: float32 arithmetic, rounded once
+    with np.errstate(over="ignore"):  # overflow gives infinity, as intended
+        np.add(total, other, out=total)  # NumPy's float16 add: float32 arithmetic, rounded once
 
 
 def add_bf16_(total, other):
     """``total = bf16(float32(total) + float32(other))`` in place, on bfloat16 bits (uint16)."""
     wide = bf16_bits_to_float32(total)
-    wide += bf16_bits_to_float32(other)
+    with np.errstate(over="ignore"):  # overflow gives infinity, as intended
+        wide += bf16_bits_to_float32(other)
     total[...] = float_to_bf16_bits(wide)
 
 
