@@ -145,6 +145,11 @@ def result(figure: str, name: str, stats: dict, num: str | None = None, den: str
     rec["median_ms"] = {k: round(v["median_s"] * 1e3, 4) for k, v in stats.items()}
     rec["spread_ms"] = {k: [round(v["q1_s"] * 1e3, 4), round(v["q3_s"] * 1e3, 4)] for k, v in stats.items()}
     rec["runs"] = {k: v["n"] for k, v in stats.items()}
+    # CPU time of this process (rank 0 under MPI): a cross-check that other work on a shared
+    # machine did not decide the figure; it leaves out time spent descheduled or sleeping.
+    rec["cpu_median_ms"] = {k: round(v["cpu_median_s"] * 1e3, 4) for k, v in stats.items() if "cpu_median_s" in v}
+    if num is not None and "cpu_median_s" in stats[num]:
+        rec["cpu_ratio"] = round(stats[num]["cpu_median_s"] / stats[den]["cpu_median_s"], 4)
     rec.update(extra)
     rec["blas"] = blas_summary()
     return rec
@@ -162,7 +167,8 @@ def interleaved(candidates: dict, rounds: int = 7, inner: int = 5, warmup: int =
     """Time ``candidates`` (name -> zero-argument step function) in interleaved runs.
 
     A run is ``inner`` consecutive calls of one candidate; runs go A B C A B C ... for ``rounds``
-    rounds after ``warmup`` untimed rounds. Returns name -> summary of seconds per call.
+    rounds after ``warmup`` untimed rounds. Returns name -> summary of wall seconds per call
+    (plus ``cpu_median_s``, this process's CPU seconds per call).
     ``before()`` runs before each run, untimed (e.g. an MPI barrier so that ranks start
     together); ``combine(seconds)`` turns this process's run time into the job's (e.g. the max
     over ranks).
@@ -170,19 +176,27 @@ def interleaved(candidates: dict, rounds: int = 7, inner: int = 5, warmup: int =
     if rounds < MIN_ROUNDS:
         raise ValueError(f"at least {MIN_ROUNDS} interleaved rounds are required, got {rounds}")
     samples = {name: [] for name in candidates}
+    cpu = {name: [] for name in candidates}
     for r in range(warmup + rounds):
         for name, fn in candidates.items():
             if before is not None:
                 before()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             for _ in range(inner):
                 fn()
             elapsed = time.perf_counter() - t0
+            used = time.process_time() - c0
             if combine is not None:
                 elapsed = combine(elapsed)
             if r >= warmup:
                 samples[name].append(elapsed / inner)
-    return {name: summarize(s) for name, s in samples.items()}
+                cpu[name].append(used / inner)
+    out = {}
+    for name in candidates:
+        out[name] = summarize(samples[name])
+        out[name]["cpu_median_s"] = statistics.median(cpu[name])
+    return out
 
 
 def peak_rss_mb() -> float:

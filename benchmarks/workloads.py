@@ -103,9 +103,16 @@ class NumpyMLP:
         return [(w.copy(), b.copy()) for w, b in zip(self.W, self.b)]
 
     def step(self, x, y):
+        self.forward(x, y)
+        self.backward(x, y)
+        if self.allreduce is not None:
+            self.allreduce(self.grads)
+        self.update()
+
+    def forward(self, x, y):
+        """Forward and loss; leaves d(loss)/d(logits) in ``h[-1]``."""
         W, b, h = self.W, self.b, self.h
         last = len(W) - 1
-        # forward
         inp = x
         for i in range(last + 1):
             np.matmul(inp, W[i].T, out=h[i])
@@ -124,8 +131,12 @@ class NumpyMLP:
         z /= self.rowsum
         z[self.rows, y] -= 1
         z *= self.scale
-        # backward
-        g = z
+
+    def backward(self, x, y):
+        """Every gradient, written into the flat ``grads`` buffer."""
+        W, h = self.W, self.h
+        last = len(W) - 1
+        g = h[last]
         for i in range(last, -1, -1):
             a = h[i - 1] if i > 0 else x
             np.matmul(g.T, a, out=self.gW[i])
@@ -136,9 +147,9 @@ class NumpyMLP:
                 np.greater(a, 0, out=self.mask[i - 1])
                 np.multiply(d, self.mask[i - 1], out=d)
                 g = d
-        if self.allreduce is not None:
-            self.allreduce(self.grads)
-        # SGD with momentum: buf = m * buf + g; p -= lr * buf (the gradient buffer is scratch now)
+
+    def update(self):
+        """SGD with momentum in place: buf = m * buf + g; p -= lr * buf (grads are scratch now)."""
         buf = self.momentum_buf
         np.multiply(buf, self.momentum, out=buf)
         np.add(buf, self.grads, out=buf)

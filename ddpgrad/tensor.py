@@ -45,15 +45,7 @@ class Tensor:
     def _make(cls, array):
         """Wrap an array without copying or checking it (the internal fast path)."""
         t = object.__new__(cls)
-        t._data = array
-        t.requires_grad = False
-        t.grad = None
-        t.grad_fn = None
-        t._vc = [0]
-        t._acc = None
-        t._hooks = None
-        t._post_hooks = None
-        t._retains_grad = False
+        t._init(array)
         return t
 
     # ------------------------------------------------------------------ properties
@@ -233,7 +225,7 @@ class Tensor:
 
     def __array__(self, dtype=None, copy=None):
         # np.asarray(t) shares memory, np.array(t) (copy=True) must not
-        data = backend.to_device(self._data, backend.CPU)
+        data = np.asarray(backend.to_device(self._data, backend.CPU))  # 0-d results: NumPy scalars
         if dtype is not None:
             return data.astype(dtype, copy=bool(copy))
         return data.copy() if copy else data

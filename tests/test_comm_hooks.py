@@ -14,7 +14,15 @@ import ddpgrad.optim as optim
 from ddpgrad.distributed import launch_threads
 from ddpgrad.distributed.algorithms.ddp_comm_hooks import default_hooks
 from ddpgrad.distributed.comm import LocalCommunicator, current_thread_communicator
-from ddpgrad.distributed.comm.sum16 import add_bf16_, add_fp16_, bf16_bits_to_float32, float_to_bf16_bits
+from ddpgrad.distributed.comm.sum16 import (
+    CHUNK,
+    add_bf16_,
+    add_fp16_,
+    bf16_bits_to_float32,
+    float_to_bf16_bits,
+    float_to_fp16,
+    fp16_to_float32,
+)
 from ddpgrad.nn.parallel import DistributedDataParallel as DDP
 
 HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
@@ -99,13 +107,53 @@ def test_float_to_bf16_matches_torch_over_the_whole_float32_range():
     np.testing.assert_array_equal(bf16_bits_to_float32(expected), widened)
 
 
+def test_bf16_conversions_write_into_out_and_keep_shape():
+    x = np.arange(-6, 6, dtype=np.float32).reshape(3, 4) / 4
+    bits = float_to_bf16_bits(x)
+    assert bits.shape == (3, 4)
+    out = np.empty((3, 4), np.float32)
+    assert bf16_bits_to_float32(bits, out=out) is out
+    np.testing.assert_array_equal(out, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# float16 by bit operations (NumPy's own cast is slow for subnormals)
+
+
+def test_float_to_fp16_matches_numpy_cast_bitwise_over_the_whole_float32_range():
+    rng = np.random.default_rng(3)
+    random_bits = rng.integers(0, 2**32, size=3 * CHUNK + 11, dtype=np.uint64).astype(np.uint32)
+    ties = (random_bits & 0xFFFFE000) | 0x1000  # exactly half a float16 ulp (normal range)
+    sweep = np.arange(0, 0x48000000, 0x1000, dtype=np.uint32)  # zero, subnormals, normals, overflow
+    x = np.concatenate([random_bits, ties, sweep, sweep | 0x80000000]).view(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = x.astype(np.float16)
+    got = float_to_fp16(x)
+    assert got.dtype == np.float16 and got.shape == x.shape
+    nan = np.isnan(x)
+    np.testing.assert_array_equal(got[~nan].view(np.uint16), expected[~nan].view(np.uint16))
+    assert np.isnan(got[nan]).all()
+    assert float_to_fp16(x[:6].reshape(2, 3)).shape == (2, 3)
+
+
+def test_fp16_to_float32_is_exact_for_every_bit_pattern():
+    halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    expected = halves.astype(np.float32)
+    out = np.empty(2**16, np.float32)
+    assert fp16_to_float32(halves, out=out) is out
+    nan = np.isnan(expected)
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+    assert np.isnan(out[nan]).all()
+    np.testing.assert_array_equal(float_to_fp16(out[~nan]).view(np.uint16), halves[~nan].view(np.uint16))
+
+
 # ---------------------------------------------------------------------------------------------
 # The pairwise sums every backend applies
 
 
 def test_fp16_pairwise_sum_is_the_correctly_rounded_sum():
     rng = np.random.default_rng(1)
-    a, b = random_finite(rng, 100_000, np.float16), random_finite(rng, 100_000, np.float16)
+    a, b = random_finite(rng, 3 * CHUNK + 5, np.float16), random_finite(rng, 3 * CHUNK + 5, np.float16)
     with np.errstate(over="ignore"):
         exact = (a.astype(np.float64) + b.astype(np.float64)).astype(np.float16)  # f64 sum is exact
         total = a.copy()
@@ -129,7 +177,7 @@ def test_bf16_pairwise_sum_on_hand_computed_cases(a, b, expected):
 def test_bf16_pairwise_sum_matches_torch():
     torch = pytest.importorskip("torch", reason="parity with torch.bfloat16 needs PyTorch")
     rng = np.random.default_rng(2)
-    a, b = random_finite(rng, 100_000, np.uint16), random_finite(rng, 100_000, np.uint16)
+    a, b = random_finite(rng, 3 * CHUNK + 5, np.uint16), random_finite(rng, 3 * CHUNK + 5, np.uint16)
     total = a.copy()
     add_bf16_(total, b)
     ta, tb = (torch.from_numpy(v.view(np.int16)).view(torch.bfloat16) for v in (a, b))

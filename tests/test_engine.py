@@ -683,6 +683,16 @@ def test_mixing_devices_is_a_clear_error(monkeypatch):
         gpu * ddpgrad.ones(3)
 
 
+@pytest.mark.skipif(not ddpgrad.cuda.is_available(), reason="needs a CUDA GPU with CuPy for a real second device")
+def test_mixing_cpu_and_cuda_tensors_is_a_clear_error():
+    gpu = ddpgrad.ones(3, device="cuda", requires_grad=True)
+    with pytest.raises(RuntimeError, match="same device.*(cpu.*cuda:0|cuda:0.*cpu)"):
+        gpu * ddpgrad.ones(3)
+    total = (gpu * 2).sum()  # a 0-d result on the GPU mixes with GPU arrays
+    (gpu * total).sum().backward()
+    assert gpu.grad.device == "cuda:0" and gpu.grad.tolist() == [12.0, 12.0, 12.0]
+
+
 def test_a_0d_result_mixes_with_arrays_without_a_device_false_alarm():
     # NumPy returns 0-d results as scalars (a different type than ndarray): same device all the same
     h = leaf([1.0, 2.0, 4.0])

@@ -145,3 +145,32 @@ def test_a_failing_rank_fails_the_launch(tmp_path):
     script.write_text(RANK_REPORT)
     out = _ddprun("-n", "2", str(script), "3")
     assert out.returncode != 0
+
+
+HALF_BROKEN = textwrap.dedent("""
+    import sys, time
+    import ddpgrad as torch
+    import ddpgrad.distributed as dist
+
+    dist.init_process_group()
+    if dist.get_rank() == 1:
+        if sys.argv[1] == "raise":
+            raise RuntimeError("rank 1 broke")
+        time.sleep(60)  # a rank that hangs
+    dist.all_reduce(torch.ones(4))
+""")
+
+
+@pytest.mark.skipif(not _mpi_available(), reason="needs an MPI launcher (pip install mpich)")
+@pytest.mark.parametrize("failure,expected", [
+    ("raise", "[rank 1] RuntimeError: rank 1 broke"),
+    ("hang", "[rank 0] rank 0 of 2: allreduce"),
+])
+def test_a_broken_rank_ends_the_job_quickly_with_a_report(tmp_path, failure, expected):
+    """What launch/README.md promises: an exception on one rank aborts all of them, and a rank
+    that never joins a collective is reported after DDPGRAD_TIMEOUT seconds, not waited for."""
+    script = tmp_path / "half_broken.py"
+    script.write_text(HALF_BROKEN)
+    out = _ddprun("-n", "2", str(script), failure, DDPGRAD_TIMEOUT="3")
+    assert out.returncode != 0
+    assert expected in out.stderr, out.stderr

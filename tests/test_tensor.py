@@ -227,6 +227,8 @@ def test_np_array_copies_and_np_asarray_shares():
     assert t.tolist() == [1.0, 1.0, 1.0]
     np.asarray(t)[2] = 7.0
     assert t.tolist() == [1.0, 1.0, 7.0]
+    total = t.sum()  # a 0-d result (a NumPy scalar inside) converts too
+    assert np.asarray(total).shape == () and np.array(total, dtype=np.float32) == 9.0
 
 
 def test_numpy_of_a_0d_result_is_an_array_that_writes_through():

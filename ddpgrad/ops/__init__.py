@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins as _builtins
 import collections
 
 import numpy as np
@@ -79,7 +80,8 @@ def minimum(a, b):
 def where(condition, a, b):
     cond = condition._data if isinstance(condition, Tensor) else condition
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
-        a = tensor(a)  # two numbers: the result gets PyTorch's dtype (float32 for floats)
+        # two numbers: the result gets PyTorch's dtype (float32 for floats), on cond's device
+        a = tensor(a, device=condition.device if isinstance(condition, Tensor) else None)
     return arith.Where.apply(cond, _scalar(a), _scalar(b))
 
 
@@ -269,7 +271,7 @@ def unsqueeze(a, dim):
 def expand(a, *sizes):
     sizes = _shape_args(sizes)
     lead = len(sizes) - a.ndim
-    if -1 in sizes[:max(lead, 0)]:
+    if -1 in sizes[:_builtins.max(lead, 0)]:
         raise RuntimeError(
             f"expand: size -1 is not allowed in a new leading dimension (sizes {list(sizes)} for a "
             f"tensor of shape {list(a.shape)})"
@@ -436,7 +438,7 @@ def _install_methods():
         return lambda self, *args, **kwargs: fn(self, *args, **kwargs)
 
     names = [
-        "add", "sub", "mul", "div", "pow", "neg", "matmul", "mm", "maximum", "minimum", "exp",
+        "add", "sub", "mul", "div", "pow", "neg", "matmul", "mm", "bmm", "maximum", "minimum", "exp",
         "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "clamp", "clip", "sum", "mean", "var",
         "std", "max", "min", "amax", "amin", "logsumexp", "softmax", "log_softmax", "reshape",
         "view", "flatten", "permute", "transpose", "t", "squeeze", "unsqueeze", "expand",

@@ -17,7 +17,7 @@ only the 16-bit payload crosses to the host.
 from __future__ import annotations
 
 from ....backend import CPU, array_module, to_device
-from ...comm.sum16 import bf16_bits_to_float32, float_to_bf16_bits
+from ...comm.sum16 import bf16_bits_to_float32, float_to_bf16_bits, float_to_fp16, fp16_to_float32
 
 
 class _ThenWork:
@@ -50,6 +50,14 @@ def _allreduce(bucket, payload, op, then):
     return _ThenWork(work, lambda total: then(xp.asarray(total)))
 
 
+def _widen_into(buffer, total, widen):
+    """The 16-bit ``total`` widened into the bucket's ``buffer`` (straight into it if float32)."""
+    if buffer.dtype == "float32":
+        widen(total, out=buffer)
+    else:
+        buffer[...] = widen(total)
+
+
 def allreduce_hook(process_group, bucket):
     """Average the bucket with one allreduce of its own dtype, dividing by the world size first
     (PyTorch's ``allreduce_hook``; without a hook DDP sums first, then divides)."""
@@ -67,12 +75,10 @@ def allreduce_hook(process_group, bucket):
 def fp16_compress_hook(process_group, bucket):
     """Average the bucket in float16 on the wire: half the bytes of float32 gradients."""
     buffer = bucket.buffer()
-    xp = array_module(buffer)
-    compressed = xp.empty(buffer.shape, dtype=xp.float16)
-    xp.divide(buffer, bucket.comm.size, out=compressed)  # in the buffer's dtype, rounded once
+    compressed = float_to_fp16(buffer / bucket.comm.size)
 
     def decompress(total):
-        buffer[...] = total
+        _widen_into(buffer, total, fp16_to_float32)
         return buffer
 
     return _allreduce(bucket, compressed, "sum_fp16", decompress)
@@ -82,16 +88,10 @@ def bf16_compress_hook(process_group, bucket):
     """Average the bucket in bfloat16 on the wire (float32's range, 8 significant bits): half the
     bytes of float32 gradients. NumPy has no bfloat16: the bits travel as uint16."""
     buffer = bucket.buffer()
-    xp = array_module(buffer)
     compressed = float_to_bf16_bits(buffer / bucket.comm.size)
 
     def decompress(total):
-        if buffer.dtype == xp.float32:  # widen in place: the bf16 bits are a float32's upper half
-            wide = buffer.view(xp.uint32)
-            wide[...] = total
-            wide <<= 16
-        else:
-            buffer[...] = bf16_bits_to_float32(total)
+        _widen_into(buffer, total, bf16_bits_to_float32)
         return buffer
 
     return _allreduce(bucket, compressed, "sum_bf16", decompress)
