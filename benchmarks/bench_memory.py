@@ -34,9 +34,7 @@ def parse(argv):
 def measure(a):
     """Train ``a.steps`` steps with one implementation; print this process's (rank's) memory."""
     common.set_blas_threads(1)
-    import numpy as np
-
-    import workloads as wl
+    import workloads as wl  # imports NumPy
 
     rank, size = 0, 1
     world = MPI = None
@@ -112,7 +110,6 @@ def measure(a):
             tdist.destroy_process_group()
     else:
         print(json.dumps(rec), flush=True)
-    _ = np
 
 
 def run_one(impl, mode, a):

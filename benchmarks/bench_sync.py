@@ -18,6 +18,7 @@ averaging), next to ``Reducer.comm_wait_s``. Variants (numbers only; the library
 - ``ddp_b1_yield``: both;
 - ``ddp_b1_thread``: 1 MB buckets plus a progress thread that pokes MPI's progress engine
   (``Iprobe`` on a private communicator, then sleeps ``--poll-us``) while buckets are in flight;
+- ``ddp_b1_thread_yield``: all three;
 - ``floor``: NumPy step + one raw Allreduce, for scale.
 
     python benchmarks/bench_sync.py                      # mpiexec -n 2, as the reducer is today
@@ -241,6 +242,7 @@ def main(argv=None):
                 "ddp_b1": {"bucket_cap_mb": 1.0}, "ddp_b1_yield": {"bucket_cap_mb": 1.0, "yields": True}}
     if MPI.Query_thread() == MPI.THREAD_MULTIPLE and not async_progress:
         variants["ddp_b1_thread"] = {"bucket_cap_mb": 1.0, "thread": True}
+        variants["ddp_b1_thread_yield"] = {"bucket_cap_mb": 1.0, "thread": True, "yields": True}
     built = {name: build(name, **kw) for name, kw in variants.items()}
     floor_allreduce = []
 

@@ -17,6 +17,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import statistics
 import sys
 import time
 
@@ -51,20 +52,20 @@ class Phases:
         self.t = now
 
     def medians_ms(self, skip):
-        import statistics
-
         return {k: round(statistics.median(v[skip:]) * 1e3, 4) for k, v in self.samples.items()}
 
 
-def top_functions(profile, total_s, n):
+def top_functions(profile, total_s, steps, n):
+    """The ``n`` functions with the most own time, as shares of ``total_s`` and ms per step."""
     stats = pstats.Stats(profile)
     rows = []
-    for (filename, line, func), (cc, nc, tt, ct, _) in stats.stats.items():
+    for (filename, line, func), (_, calls, own, cumulative, _) in stats.stats.items():
         where = f"{os.path.relpath(filename, common.ROOT)}:{line}({func})" if filename != "~" else func
-        rows.append((tt, ct, nc, where))
+        rows.append((own, cumulative, calls, where))
     rows.sort(reverse=True)
-    return [{"function": w, "own_ms_per_step": None, "own_share": round(tt / total_s, 4),
-             "cumulative_share": round(ct / total_s, 4), "calls": nc} for tt, ct, nc, w in rows[:n]]
+    return [{"function": where, "own_ms_per_step": round(own / steps * 1e3, 4),
+             "own_share": round(own / total_s, 4), "cumulative_share": round(cumulative / total_s, 4),
+             "calls": calls} for own, cumulative, calls, where in rows[:n]]
 
 
 def main(argv=None):
@@ -148,11 +149,11 @@ def main(argv=None):
     def floor_step():
         x, y = fdata()
         fl.start()
-        floor.forward(x, y) if not tiny else None
         if tiny:
             floor.step(x, y)
             fl.mark("whole_step")
             return
+        floor.forward(x, y)
         fl.mark("forward_and_loss")
         floor.backward(x, y)
         fl.mark("backward")
@@ -186,9 +187,7 @@ def main(argv=None):
         plain_step()
     prof.disable()
     total = time.perf_counter() - t0
-    top = top_functions(prof, total, a.top)
-    for row in top:
-        row["own_ms_per_step"] = round(row["own_share"] * total / a.profile_steps * 1e3, 4)
+    top = top_functions(prof, total, a.profile_steps, a.top)
     if rank == 0:
         rec = common.result("profile", f"profile of the ddpgrad step ({a.what}, batch {batch}"
                             + (f", {size} ranks" if size > 1 else "") + ")", stats, "ddpgrad", "floor",

@@ -5,7 +5,7 @@
     python benchmarks/run_all.py --no-readme  # leave benchmarks/README.md alone
 
 Writes ``benchmarks/results/latest.jsonl`` (every line every script printed, tagged with its
-job) and prints the table of figures vs targets, which it also writes into README.md between
+job; ``results/partial.jsonl`` for an ``--only`` run) and prints the table of figures vs targets, which it also writes into README.md between
 the ``results`` markers. BLAS threads are set to 1 per process unless a job says otherwise;
 OPENBLAS_CORETYPE is left as found (it is recorded).
 """
@@ -23,6 +23,7 @@ import common
 
 HERE = common.HERE
 RESULTS = os.path.join(HERE, "results", "latest.jsonl")
+PARTIAL = os.path.join(HERE, "results", "partial.jsonl")
 README = os.path.join(HERE, "README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -170,13 +171,14 @@ def main(argv=None):
         records += recs
         if rc != 0:
             failed.append(name)
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
+    path = RESULTS if not a.only else PARTIAL  # a partial run never replaces the full record
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
         for rec in records:
             f.write(json.dumps(rec) + "\n")
     text = table(records)
     print(text)
-    print(f"\n[run_all] {len(records)} lines -> {os.path.relpath(RESULTS)} in {time.perf_counter() - t0:.0f} s",
+    print(f"\n[run_all] {len(records)} lines -> {os.path.relpath(path)} in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr)
     if not a.no_readme and not a.only:
         write_readme(text)
