@@ -432,3 +432,29 @@ def test_a_parameter_given_twice_is_an_error():
 def test_invalid_hyperparameters_name_the_value(make, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         make([ddpgrad.tensor(np.ones(2), requires_grad=True)])
+
+
+@pytest.mark.parametrize("make_ours, make_theirs", [
+    (lambda p: SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    (lambda p: SGD(p, lr=0.05, momentum=0.8, dampening=0.3, maximize=True),
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8, dampening=0.3, maximize=True)),
+    (lambda p: Adam(p, lr=0.01, amsgrad=True, weight_decay=0.02),
+     lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True, weight_decay=0.02)),
+    (lambda p: AdamW(p, lr=0.01), lambda p: torch.optim.AdamW(p, lr=0.01)),
+])
+def test_large_parameters_updated_piece_by_piece_match_pytorch(make_ours, make_theirs):
+    """Parameters larger than CHUNK_ELEMENTS (and not a multiple of it) go through the chunked path."""
+    from ddpgrad.optim.optimizer import CHUNK_ELEMENTS
+
+    rng = np.random.default_rng(5)
+    init = rng.standard_normal(2 * CHUNK_ELEMENTS + 12345)
+    ours, theirs = _ours([init]), _theirs([init])
+    opt_ours, opt_theirs = make_ours(ours), make_theirs(theirs)
+    for step in range(5):
+        g = np.cos(ours[0]._data) + 0.1 * step
+        ours[0].grad = ddpgrad.tensor(g)
+        theirs[0].grad = torch.from_numpy(np.cos(theirs[0].detach().numpy()) + 0.1 * step)
+        opt_ours.step()
+        opt_theirs.step()
+    _assert_same(ours, theirs)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import heapq
+import sys
 import threading
 
 from ..backend import array_module
@@ -135,6 +136,7 @@ def run_backward(roots, root_grads, retain_graph=False, capture=None):
                     if left == 0:
                         heapq.heappush(ready, (-parent.seq, tiebreak, parent))
                         tiebreak += 1
+                grads = g = None  # the buffers own the gradients now (see _sole_owner)
             while callbacks:
                 callbacks.pop(0)()
     finally:
@@ -172,14 +174,26 @@ def _accumulate(variable, grad):
     if existing is None:
         from ..tensor import Tensor
 
-        # A copy (grad may alias another tensor's array), and always a real array: NumPy hands
-        # 0-d results back as scalars, which ``+=`` would rebind instead of updating in place.
-        variable.grad = Tensor._make(array_module(grad).array(grad))
+        if _sole_owner(grad):
+            variable.grad = Tensor._make(grad)  # nobody else holds it: take it, no copy
+        else:
+            # A copy (grad may alias another tensor's array), and always a real array: NumPy hands
+            # 0-d results back as scalars, which ``+=`` would rebind instead of updating in place.
+            variable.grad = Tensor._make(array_module(grad).array(grad))
     else:
         existing._data += grad
     if variable._post_hooks:
         for hook in variable._post_hooks:
             hook(variable)
+
+
+_OWNER_REFS = 4  # run_backward's local, _accumulate's argument, _sole_owner's, getrefcount's
+
+
+def _sole_owner(grad):
+    """True when ``grad`` is a writable array that owns its memory and nothing else refers to."""
+    return (getattr(grad, "base", 0) is None and getattr(grad, "ndim", 0) > 0
+            and grad.flags.writeable and sys.getrefcount(grad) <= _OWNER_REFS)
 
 
 def _check_versions(node):

@@ -137,17 +137,25 @@ class Reducer:
 
     # ------------------------------------------------------------------ per iteration
     def prepare(self, sync: bool):
-        """Before a forward pass: point every ``.grad`` at its bucket view (zeroed if it was None)."""
+        """Before a forward pass: gradients that exist move into their bucket views.
+
+        A ``None`` gradient stays ``None``: its first contribution in backward is copied into the
+        view by the hook (one copy, instead of zero-filling the view and adding to it).
+        """
         self.sync = sync
         params, views, tensors = self.params, self._views, self._grad_tensors
         for i, p in enumerate(params):
             g = p.grad
-            if g is None:
-                views[i].fill(0)
-                p.grad = tensors[i]
-            elif g._data is not views[i]:
+            if g is not None and g._data is not views[i]:
                 views[i][...] = g._data
                 p.grad = tensors[i]
+
+    def _zero_missing(self):
+        """Parameters with no gradient this pass contribute zeros from their views."""
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                self._views[i].fill(0)
+                p.grad = self._grad_tensors[i]
 
     def _hook(self, i):
         def on_grad_ready(param):
@@ -204,7 +212,7 @@ class Reducer:
         """End of backward: launch what is left, wait, average, mark globally unused parameters."""
         self._in_backward = False
         if not self._used.all():
-            self.prepare(True)  # unused parameters whose .grad was reset after forward count as zero
+            self._zero_missing()
         for bucket in self.buckets:
             bucket.pending = 0
         self._launch_ready()

@@ -48,44 +48,43 @@ class Adam(Optimizer):
         step_t = state["step"]._data
         step_t += 1
         step = float(step_t)
-        w = p._data
-        m, v = state["exp_avg"]._data, state["exp_avg_sq"]._data
-        xp = backend.array_module(w)
+        xp = backend.array_module(p._data)
         coupled_decay = weight_decay != 0 and not group["decoupled_weight_decay"]
-        work = self._work(p, 2 if coupled_decay or group["maximize"] else 1)
-        s = work[0]
-
-        g = grad  # never written: it may be a view into the reducer's bucket
-        if coupled_decay:
-            g = xp.multiply(w, weight_decay, out=work[1])
-            (xp.subtract if group["maximize"] else xp.add)(g, grad, out=g)
-        elif group["maximize"]:
-            g = xp.negative(grad, out=work[1])
-        if weight_decay != 0 and group["decoupled_weight_decay"]:
-            xp.multiply(w, 1 - lr * weight_decay, out=w)
-
-        # m = lerp(m, g, 1 - beta1) = m + (1 - beta1) * (g - m)
-        xp.subtract(g, m, out=s)
-        xp.add(m, xp.multiply(s, 1 - beta1, out=s), out=m)
-        # v = beta2 * v + (1 - beta2) * g * g
-        xp.multiply(g, 1 - beta2, out=s)
-        xp.multiply(s, g, out=s)
-        xp.multiply(v, beta2, out=v)
-        xp.add(v, s, out=v)
+        decoupled_decay = weight_decay != 0 and group["decoupled_weight_decay"]
+        maximize = group["maximize"]
+        arrays = [p._data, grad, state["exp_avg"]._data, state["exp_avg_sq"]._data]
         if group["amsgrad"]:
             if "max_exp_avg_sq" not in state:  # amsgrad switched on after the first step
-                state["max_exp_avg_sq"] = Tensor._make(xp.zeros_like(w))
-            v_max = state["max_exp_avg_sq"]._data
-            v = xp.maximum(v_max, v, out=v_max)
-
+                state["max_exp_avg_sq"] = Tensor._make(xp.zeros_like(p._data))
+            arrays.append(state["max_exp_avg_sq"]._data)
         step_size = lr / (1 - beta1**step)
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        denom = xp.sqrt(v, out=s)
-        xp.true_divide(denom, bias_correction2_sqrt, out=denom)
-        xp.add(denom, eps, out=denom)
-        update = xp.true_divide(m, denom, out=s)
-        xp.multiply(update, -step_size, out=update)
-        xp.add(w, update, out=w)
+        for work, w, grad_part, m, v, *v_max in self._chunks(p, 2 if coupled_decay or maximize else 1, *arrays):
+            s = work[0]
+            g = grad_part  # never written: it may be a view into the reducer's bucket
+            if coupled_decay:
+                g = xp.multiply(w, weight_decay, out=work[1])
+                (xp.subtract if maximize else xp.add)(g, grad_part, out=g)
+            elif maximize:
+                g = xp.negative(grad_part, out=work[1])
+            if decoupled_decay:
+                xp.multiply(w, 1 - lr * weight_decay, out=w)
+            # m = lerp(m, g, 1 - beta1) = m + (1 - beta1) * (g - m)
+            xp.subtract(g, m, out=s)
+            xp.add(m, xp.multiply(s, 1 - beta1, out=s), out=m)
+            # v = beta2 * v + (1 - beta2) * g * g
+            xp.multiply(g, 1 - beta2, out=s)
+            xp.multiply(s, g, out=s)
+            xp.multiply(v, beta2, out=v)
+            xp.add(v, s, out=v)
+            if v_max:
+                v = xp.maximum(v_max[0], v, out=v_max[0])
+            denom = xp.sqrt(v, out=s)
+            xp.true_divide(denom, bias_correction2_sqrt, out=denom)
+            xp.add(denom, eps, out=denom)
+            update = xp.true_divide(m, denom, out=s)
+            xp.multiply(update, -step_size, out=update)
+            xp.add(w, update, out=w)
 
 
 class AdamW(Adam):

@@ -33,33 +33,35 @@ class SGD(Optimizer):
 
     def _update(self, p, grad, group):
         lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
-        w = p._data
-        xp = backend.array_module(w)
-        work = self._work(p, 2 if weight_decay or group["maximize"] else 1)
-        g = grad  # never written: it may be a view into the reducer's bucket
-        if weight_decay != 0:
-            g = xp.multiply(w, weight_decay, out=work[-1])
-            (xp.subtract if group["maximize"] else xp.add)(g, grad, out=g)
-        elif group["maximize"]:
-            g = xp.negative(grad, out=work[-1])
-
-        if momentum == 0:
-            step = g
-        else:
+        maximize, dampening, nesterov = group["maximize"], group["dampening"], group["nesterov"]
+        xp = backend.array_module(p._data)
+        arrays = [p._data, grad]  # grad is never written: it may be a view into a reducer bucket
+        first = False
+        if momentum != 0:
             state = self.state.setdefault(p, {})
             if state.get("momentum_buffer") is None:  # first step: the buffer starts as g
-                state["momentum_buffer"] = Tensor._make(g.copy())
-                buf = state["momentum_buffer"]._data
+                state["momentum_buffer"] = Tensor._make(xp.empty_like(p._data))
+                first = True
+            arrays.append(state["momentum_buffer"]._data)
+        for work, w, grad_part, *rest in self._chunks(p, 2 if weight_decay or maximize else 1, *arrays):
+            g = grad_part
+            if weight_decay != 0:
+                g = xp.multiply(w, weight_decay, out=work[-1])
+                (xp.subtract if maximize else xp.add)(g, grad_part, out=g)
+            elif maximize:
+                g = xp.negative(grad_part, out=work[-1])
+            if momentum == 0:
+                step = g
             else:
-                buf = state["momentum_buffer"]._data
-                xp.multiply(buf, momentum, out=buf)
-                damped = g if group["dampening"] == 0 else xp.multiply(g, 1 - group["dampening"], out=work[0])
-                xp.add(buf, damped, out=buf)
-            if group["nesterov"]:
-                step = xp.multiply(buf, momentum, out=work[0])
-                xp.add(g, step, out=step)
-            else:
-                step = buf
-        # p -= lr * step, with lr * step formed in a scratch array
-        scaled = xp.multiply(step, -lr, out=work[0])
-        xp.add(w, scaled, out=w)
+                buf = rest[0]
+                if first:
+                    buf[...] = g
+                else:
+                    xp.multiply(buf, momentum, out=buf)
+                    xp.add(buf, g if dampening == 0 else xp.multiply(g, 1 - dampening, out=work[0]), out=buf)
+                if nesterov:
+                    step = xp.multiply(buf, momentum, out=work[0])
+                    xp.add(g, step, out=step)
+                else:
+                    step = buf
+            xp.add(w, xp.multiply(step, -lr, out=work[0]), out=w)  # p -= lr * step

@@ -28,6 +28,12 @@ TIMEOUT_ENV = "DDPGRAD_TIMEOUT"
 NO_ABORT_ENV = "DDPGRAD_NO_ABORT"
 """Set to "1" to raise instead of aborting the MPI job on an error (for debugging one rank)."""
 
+SPIN_S = 0.02
+"""How long an MPI wait re-tests back to back, yielding the core between tests, before it starts
+sleeping: MPICH moves data only inside MPI calls, so a sleeping rank stalls its collective.
+Measured on the 784-1024-1024-10 MLP's gradients, 2 ranks on 2 cores: bucketed sync 8.8x -> 1.6x
+one raw MPI_Allreduce. Yielding still hands the core to other ranks when they outnumber cores."""
+
 POLL_PAUSE_MIN_S = 20e-6
 """First pause between two ``test()`` calls: about a small allreduce's latency, so short
 collectives are not slowed down by the wait loop."""
@@ -137,18 +143,30 @@ class Work:
             self._finish()
         return self._done
 
+    spin_s = 0.0
+    """Seconds of back-to-back re-testing before sleeping (backends that progress only when
+    tested set ``SPIN_S``)."""
+
     def wait(self, timeout: float | None = None):
         """Block until done; after ``timeout`` (default: the communicator's) seconds, time out."""
         limit = self.comm.timeout if timeout is None else timeout
         start = time.monotonic()
+        spin_until = start + min(self.spin_s, limit)
         pause = POLL_PAUSE_MIN_S
         while not self.test():
-            waited = time.monotonic() - start
+            now = time.monotonic()
+            if now < spin_until:
+                _yield_core()
+                continue
+            waited = now - start
             if waited >= limit:
                 on_timeout(CollectiveTimeout(self, waited))
             self._pause(min(pause, limit - waited))
             pause = min(2 * pause, POLL_PAUSE_MAX_S)
         return self.result
+
+
+_yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
 def _describe(collective: str, buf: np.ndarray) -> str:

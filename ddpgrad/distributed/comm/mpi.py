@@ -19,7 +19,7 @@ import traceback
 
 import numpy as np
 
-from .base import Communicator, Work, abort_disabled
+from .base import SPIN_S, Communicator, Work, abort_disabled
 from .sum16 import PAIRWISE_SUMS
 
 _MPI_TYPE_NAMES = {
@@ -100,6 +100,8 @@ def sum16_op(name):
 
 
 class _MPIWork(Work):
+    spin_s = SPIN_S
+
     def __init__(self, comm, collective, describe, request, result=None, finish=None):
         super().__init__(comm, collective, describe, result)
         self._request = request
