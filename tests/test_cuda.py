@@ -178,3 +178,37 @@ def test_example_trains_on_cuda_in_one_process():
     assert out.returncode == 0, out.stderr[-3000:]
     acc = float(out.stdout.split("val_acc=")[-1])
     assert acc > 0.9, out.stdout[-2000:]
+
+
+def _train_with_hook(kind, device):
+    import ddpgrad.distributed as dist
+    from ddpgrad.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from ddpgrad.nn.parallel import DistributedDataParallel as DDP
+
+    ddpgrad.manual_seed(5)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 4)).to(device)
+    ddp = DDP(model, bucket_cap_mb=0.002)
+    if kind != "none":
+        ddp.register_comm_hook(None, getattr(default_hooks, f"{kind}_compress_hook"))
+    opt = ddpgrad.optim.SGD(ddp.parameters(), lr=0.1)
+    rng = np.random.default_rng(dist.get_rank())
+    for _ in range(3):
+        x = ddpgrad.tensor(rng.standard_normal((6, 8)).astype(np.float32), device=device)
+        y = ddpgrad.tensor(rng.standard_normal((6, 4)).astype(np.float32), device=device)
+        opt.zero_grad()
+        ((ddp(x) - y) ** 2).mean().backward()
+        opt.step()
+    return np.concatenate([p.detach().cpu().numpy().ravel() for p in model.parameters()])
+
+
+@requires_gpu
+@pytest.mark.parametrize("kind", ["none", "fp16", "bf16"])
+def test_comm_hooks_on_gpu_buckets_agree_with_cpu(kind):
+    from ddpgrad.distributed import launch_threads
+
+    gpu = launch_threads(_train_with_hook, 2, args=(kind, "cuda"), timeout=120)
+    cpu = launch_threads(_train_with_hook, 2, args=(kind, "cpu"), timeout=120)
+    np.testing.assert_array_equal(gpu[0], gpu[1])  # replicas identical
+    unit = {"none": 1e-6, "fp16": 2 * 2.0**-11, "bf16": 2 * 2.0**-8}[kind]
+    error = np.linalg.norm(gpu[0] - cpu[0]) / np.linalg.norm(cpu[0])
+    assert error < unit, f"{kind}: GPU and CPU training differ by {error:.3g}"

@@ -193,7 +193,7 @@ _OWNER_REFS = 4  # run_backward's local, _accumulate's argument, _sole_owner's, 
 def _sole_owner(grad):
     """True when ``grad`` is a writable array that owns its memory and nothing else refers to."""
     return (getattr(grad, "base", 0) is None and getattr(grad, "ndim", 0) > 0
-            and grad.flags.writeable and sys.getrefcount(grad) <= _OWNER_REFS)
+            and getattr(grad.flags, "writeable", True) and sys.getrefcount(grad) <= _OWNER_REFS)
 
 
 def _check_versions(node):
