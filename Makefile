@@ -41,7 +41,9 @@ test-mpi: $(STAMP)
 	    -p no:cacheprovider -o timeout_method=thread --timeout 240 tests/mpi || exit 1; \
 	done
 
+# PyTorch (CPU build, pinned: the wheel on the CI machine's disk) is a benchmark/test-only oracle.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet torch==2.13.0 threadpoolctl
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
