@@ -232,28 +232,16 @@ class Tensor:
 
     def to(self, *args, **kwargs):
         """Cast to a dtype and/or move to a device: ``to(dtype)``, ``to(device)``, ``to(other)``."""
-        dtype = kwargs.pop("dtype", None)
-        dev = kwargs.pop("device", None)
-        kwargs.pop("non_blocking", None)
-        kwargs.pop("copy", None)
-        if kwargs:
-            raise TypeError(f"to() got unexpected arguments {sorted(kwargs)}")
-        for a in args:
-            if isinstance(a, Tensor):
-                dtype, dev = a.dtype, a.device
-            elif isinstance(a, (str, backend.device)) and not _looks_like_dtype(a):
-                dev = a
-            else:
-                dtype = a
+        dtype, dev = parse_to_args(args, kwargs)
         out = self
-        if dev is not None and backend.as_device(dev) != self.device:
+        if dev is not None and dev != self.device:
             from .ops.shape import ToDevice
 
-            out = ToDevice.apply(out, backend.as_device(dev))
-        if dtype is not None and backend.as_dtype(dtype) != out.dtype:
+            out = ToDevice.apply(out, dev)
+        if dtype is not None and dtype != out.dtype:
             from .ops.shape import Cast
 
-            out = Cast.apply(out, backend.as_dtype(dtype))
+            out = Cast.apply(out, dtype)
         return out
 
     def cpu(self):
@@ -494,6 +482,24 @@ class _RemovableHandle:
     def remove(self):
         if self._hook in self._hooks:
             self._hooks.remove(self._hook)
+
+
+def parse_to_args(args, kwargs):
+    """``(dtype or None, device or None)`` from the arguments of ``Tensor.to`` / ``Module.to``."""
+    dtype = kwargs.pop("dtype", None)
+    device = kwargs.pop("device", None)
+    kwargs.pop("non_blocking", None)
+    kwargs.pop("copy", None)
+    if kwargs:
+        raise TypeError(f"to() got unexpected arguments {sorted(kwargs)}")
+    for arg in args:
+        if isinstance(arg, Tensor):
+            dtype, device = arg.dtype, arg.device
+        elif isinstance(arg, (str, backend.device)) and not _looks_like_dtype(arg):
+            device = arg
+        else:
+            dtype = arg
+    return backend.as_dtype(dtype), (None if device is None else backend.as_device(device))
 
 
 def _looks_like_dtype(spec):

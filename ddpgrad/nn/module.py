@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd import no_grad
-from ..tensor import Size, Tensor, _looks_like_dtype
+from ..tensor import Size, Tensor, parse_to_args
 from .parameter import Parameter
 
 _hook_ids = itertools.count()
@@ -360,7 +360,7 @@ class Module:
 
         In place: the module and its Parameter objects stay the same, their arrays are replaced.
         """
-        dtype, device = _parse_to(args, kwargs)
+        dtype, device = parse_to_args(args, kwargs)
         if dtype is not None and not backend.is_floating(dtype):
             raise TypeError(f"nn.Module.to only accepts floating point dtypes, but got desired dtype={dtype}")
         return self._convert(dtype, device)
@@ -424,19 +424,3 @@ def _indent(text, spaces):
     """Indent every line but the first (the first follows a ``(name): `` prefix)."""
     first, *rest = text.split("\n")
     return "\n".join([first] + [" " * spaces + line for line in rest])
-
-
-def _parse_to(args, kwargs):
-    dtype = kwargs.pop("dtype", None)
-    device = kwargs.pop("device", None)
-    kwargs.pop("non_blocking", None)
-    if kwargs:
-        raise TypeError(f"to() got unexpected arguments {sorted(kwargs)}")
-    for arg in args:
-        if isinstance(arg, Tensor):
-            dtype, device = arg.dtype, arg.device
-        elif isinstance(arg, (str, backend.device)) and not _looks_like_dtype(arg):
-            device = arg
-        else:
-            dtype = arg
-    return backend.as_dtype(dtype), (None if device is None else backend.as_device(device))

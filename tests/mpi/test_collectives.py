@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from comm_cases import expected, rank_values
 from conftest import WORLD, assert_all_ranks
 
 from ddpgrad.distributed.comm import CollectiveTimeout
@@ -22,26 +23,8 @@ pytestmark = pytest.mark.mpi
 OPS = ("sum", "max", "min", "prod")
 DTYPES = (np.float32, np.float64, np.int32, np.int64, np.float16, np.uint16)
 SIZES = (0, 1, 7, 3_000_001)
-REFERENCE = {"sum": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER_ENV_PREFIXES = ("PMI_", "PMIX_", "MPI_", "HYDRA_", "OMPI_", "MV2_", "DDPGRAD_")
-
-
-def rank_values(rank, n, dtype):
-    """Small nonzero integers in [-3, 3] (uint16: [1, 7]) that differ per rank and element, so
-    every op's exact result is representable in every dtype (float16 included) and which rank
-    holds the max or min changes from element to element."""
-    pattern = np.array([-3, -2, -1, 1, 2, 3], dtype=np.int64)
-    rows = -(-n // pattern.size)
-    values = np.broadcast_to(np.roll(pattern, -3 * rank), (rows, pattern.size)).ravel()[:n]
-    return values + 4 if np.dtype(dtype) == np.uint16 else values
-
-
-def expected(op, world_size, n, dtype):
-    result = rank_values(0, n, dtype)
-    for rank in range(1, world_size):
-        result = REFERENCE[op](result, rank_values(rank, n, dtype))  # in int64: exact
-    return result
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
