@@ -176,4 +176,4 @@ def test_a_broken_rank_ends_the_job_quickly_with_a_report(tmp_path, failure, exp
     script.write_text(HALF_BROKEN)
     out = _ddprun("-n", "2", str(script), failure, DDPGRAD_TIMEOUT="3")
     assert out.returncode != 0
-    assert expected in out.stderr, out.stderr
+    assert expected in out.stderr, f"exit {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import traceback
 
 import numpy as np
@@ -46,12 +47,19 @@ def mpi_module():
     return MPI
 
 
+ABORT_FLUSH_S = 0.25
+"""Pause between writing the report and MPI_Abort: the launcher forwards each rank's stderr
+through a pipe, and an abort can kill the job before the report has gone through (seen under
+load: the job failed with no message)."""
+
+
 def abort_job(message: str):
     """Print ``message`` to stderr, each line prefixed with ``[rank N] ``, and end the MPI job."""
     MPI = mpi_module()
     prefix = f"[rank {MPI.COMM_WORLD.Get_rank()}] "
     sys.stderr.write("".join(prefix + line + "\n" for line in message.rstrip("\n").split("\n")))
     sys.stderr.flush()
+    time.sleep(ABORT_FLUSH_S)
     MPI.COMM_WORLD.Abort(1)
     os._exit(1)  # MPI_Abort can return when another rank's abort is already ending the job
 
