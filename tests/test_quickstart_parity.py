@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import ddpgrad
-import ddpgrad.nn as nn
 
 torch = pytest.importorskip("torch", reason="PyTorch (CPU) is the parity oracle: pip install torch==2.13.0")
 
