@@ -14,3 +14,4 @@ timeout 240 python -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cud
 timeout 120 mpiexec -n 2 python -m pytest --with-mpi -q -p no:cacheprovider tests/mpi/test_ddp.py -k gpu 2>&1 | tail -6 | tee "$OUT/mpi_gpu.log"
 timeout 120 mpiexec -n 2 python examples/train_mlp.py --device cuda --epochs 8 --lr 3e-3 --quiet 2>&1 | tail -4 | tee "$OUT/example_mpi_cuda.log"
 timeout 120 python benchmarks/bench_gpu.py 2>&1 | tail -3 | tee "$OUT/bench_gpu.jsonl"
+[ "${GPU_PROFILE:-0}" = 1 ] && timeout 120 python benchmarks/profile_gpu.py 2>&1 | head -60 | tee "$OUT/profile_gpu.txt"
