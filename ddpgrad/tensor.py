@@ -248,8 +248,7 @@ class Tensor:
         return self.to("cpu")
 
     def cuda(self, device=None):
-        return self.to(backend.device("cuda", device if isinstance(device, int) else None)
-                       if not isinstance(device, (str, backend.device)) else device)
+        return self.to(backend.device("cuda", device) if device is None or isinstance(device, int) else device)
 
     def float(self):
         return self.to(backend.float32)

@@ -74,24 +74,22 @@ def allreduce_hook(process_group, bucket):
 
 def fp16_compress_hook(process_group, bucket):
     """Average the bucket in float16 on the wire: half the bytes of float32 gradients."""
-    buffer = bucket.buffer()
-    compressed = float_to_fp16(buffer / bucket.comm.size)
-
-    def decompress(total):
-        _widen_into(buffer, total, fp16_to_float32)
-        return buffer
-
-    return _allreduce(bucket, compressed, "sum_fp16", decompress)
+    return _compressed(bucket, float_to_fp16, fp16_to_float32, "sum_fp16")
 
 
 def bf16_compress_hook(process_group, bucket):
     """Average the bucket in bfloat16 on the wire (float32's range, 8 significant bits): half the
     bytes of float32 gradients. NumPy has no bfloat16: the bits travel as uint16."""
+    return _compressed(bucket, float_to_bf16_bits, bf16_bits_to_float32, "sum_bf16")
+
+
+def _compressed(bucket, narrow, widen, op):
+    """Divide by the world size, narrow to 16 bits, sum with ``op``, widen back into the bucket."""
     buffer = bucket.buffer()
-    compressed = float_to_bf16_bits(buffer / bucket.comm.size)
+    compressed = narrow(buffer / bucket.comm.size)
 
     def decompress(total):
-        _widen_into(buffer, total, bf16_bits_to_float32)
+        _widen_into(buffer, total, widen)
         return buffer
 
-    return _allreduce(bucket, compressed, "sum_bf16", decompress)
+    return _allreduce(bucket, compressed, op, decompress)
