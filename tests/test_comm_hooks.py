@@ -18,6 +18,7 @@ from ddpgrad.distributed.comm.sum16 import (
     CHUNK,
     add_bf16_,
     add_fp16_,
+    sum_rows_16,
     bf16_bits_to_float32,
     float_to_bf16_bits,
     float_to_fp16,
@@ -222,23 +223,50 @@ def test_16bit_allreduce_is_exact_on_small_integers_in_place(op, world):
             np.testing.assert_array_equal(decode(out[n], op), expected)
 
 
+def float32_sum_rounded_once(inputs, op):
+    """Oracle: the 16-bit values widened by NumPy's own casts, added in rank order in float32,
+    rounded once by NumPy's float16 cast (fp16) or PyTorch's bfloat16 cast (bf16)."""
+    def wide(buf):
+        return buf.astype(np.float32) if op == "sum_fp16" else (buf.astype(np.uint32) << 16).view(np.float32)
+
+    total = wide(inputs[0])
+    with np.errstate(over="ignore", invalid="ignore"):
+        for buf in inputs[1:]:
+            total += wide(buf)
+        if op == "sum_fp16":
+            return total.astype(np.float16)
+    torch = pytest.importorskip("torch", reason="the bfloat16 rounding oracle is PyTorch's")
+    return torch.from_numpy(total).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
 @pytest.mark.parametrize("op", ["sum_fp16", "sum_bf16"])
-def test_16bit_allreduce_rounds_each_partial_sum_in_rank_order(op):
-    world, n = 3, 10_000
+def test_16bit_allreduce_adds_in_float32_in_rank_order_and_rounds_once(op):
+    world, n = 3, 3 * CHUNK + 17
     add = add_fp16_ if op == "sum_fp16" else add_bf16_
-    inputs = [encode(np.random.default_rng(r).standard_normal(n), op) for r in range(world)]
+    inputs = [encode(np.random.default_rng(r).standard_normal(n) * 10.0 ** r, op) for r in range(world)]
 
     def body():
         comm = current_thread_communicator()
         return comm.allreduce(inputs[comm.rank].copy(), op)
 
-    expected = inputs[0].copy()
+    expected = float32_sum_rounded_once(inputs, op)
+    pairwise = inputs[0].copy()
     for buf in inputs[1:]:
-        add(expected, buf)
-    once = encode(sum(decode(b, op) for b in inputs), op)  # the exact sum rounded once
+        add(pairwise, buf)
     for out in run(body, world):
         np.testing.assert_array_equal(out.view(np.uint16), expected.view(np.uint16))
-    assert not np.array_equal(expected, once), "data too easy: per-step rounding never showed"
+    assert not np.array_equal(expected, pairwise), "data too easy: rounding once never differed"
+
+
+@pytest.mark.parametrize("op", ["sum_fp16", "sum_bf16"])
+@pytest.mark.parametrize("rows", [1, 2, 4])
+def test_sum_rows_16_matches_the_float32_oracle_across_chunks(op, rows):
+    rng = np.random.default_rng(rows)
+    dtype = np.float16 if op == "sum_fp16" else np.uint16
+    inputs = [random_finite(rng, 2 * CHUNK + 3, dtype) for _ in range(rows)]
+    out = np.empty_like(inputs[0])
+    sum_rows_16(np.stack(inputs), op, out)
+    np.testing.assert_array_equal(out.view(np.uint16), float32_sum_rounded_once(inputs, op).view(np.uint16))
 
 
 def test_16bit_allreduce_rejects_the_wrong_dtype_with_advice():
@@ -251,8 +279,8 @@ def test_16bit_allreduce_rejects_the_wrong_dtype_with_advice():
         comm.allreduce(np.zeros(3, np.float32), "avg")
 
 
-def test_plain_float16_sum_still_accumulates_in_float32():
-    # 2048 + 1 + 1: rounding each partial sum to fp16 loses both ones, one rounding keeps them.
+def test_float16_sums_accumulate_in_float32_and_round_once():
+    # 2048 + 1 + 1: rounding each partial sum to fp16 would lose both ones, one rounding keeps them.
     def body():
         comm = current_thread_communicator()
         value = np.float16(2048 if comm.rank == 0 else 1)
@@ -261,7 +289,7 @@ def test_plain_float16_sum_still_accumulates_in_float32():
         comm.allreduce(sixteen, "sum_fp16")
         return float(plain[0]), float(sixteen[0])
 
-    assert run(body, 3)[0] == (2050.0, 2048.0)
+    assert run(body, 3)[0] == (2050.0, 2050.0)
 
 
 # ---------------------------------------------------------------------------------------------

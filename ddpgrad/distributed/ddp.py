@@ -36,6 +36,7 @@ class DistributedDataParallel(Module):
         self.comm = process_group or get_comm()
         self.broadcast_buffers = broadcast_buffers
         self.require_backward_grad_sync = True
+        self._hook_registered = False
         self._debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
         named = list(module.named_parameters())
         if not any(p.requires_grad for _, p in named):
@@ -70,20 +71,20 @@ class DistributedDataParallel(Module):
                     )
 
     def _sync_from_rank0(self, tensors):
-        """Copy rank 0's parameters and buffers to every rank: one broadcast per dtype."""
+        """Copy rank 0's parameters and buffers to every rank: one broadcast per dtype and device."""
         if self.comm.size == 1 or not tensors:
             return
-        by_dtype = {}
+        groups = {}
         for t in tensors:
-            by_dtype.setdefault(t._data.dtype, []).append(t)
-        for dtype, group in by_dtype.items():
-            flat = np.concatenate([np.asarray(to_device(t._data, CPU)).reshape(-1) for t in group]) \
-                if group else np.zeros(0, dtype)
-            self.comm.broadcast(flat, 0, describe=f"broadcast of rank 0's {dtype} parameters/buffers")
+            groups.setdefault((t._data.dtype, t.device), []).append(t)
+        for (dtype, device), group in groups.items():
+            xp = array_module(group[0]._data)
+            flat = xp.concatenate([t._data.reshape(-1) for t in group])
+            self.comm.broadcast(flat, 0, describe=f"broadcast of rank 0's {dtype} parameters/buffers on {device}")
             offset = 0
             for t in group:
                 n = t._data.size
-                t._data[...] = array_module(t._data).asarray(flat[offset:offset + n].reshape(t._data.shape))
+                t._data[...] = flat[offset:offset + n].reshape(t._data.shape)
                 offset += n
 
     # ------------------------------------------------------------------ running
@@ -111,10 +112,12 @@ class DistributedDataParallel(Module):
     def register_comm_hook(self, state, hook):
         """Replace the bucket allreduce: ``hook(state, bucket)`` returns a handle whose ``wait()``
         gives the bucket's averaged gradient (see ``ddpgrad.distributed.algorithms``)."""
-        if self.reducer.comm_hook is not None:
+        if self._hook_registered:
             raise RuntimeError("register_comm_hook can only be called once")
-        self.reducer.comm_hook = hook
-        self.reducer.comm_hook_state = state
+        if not callable(hook):
+            raise TypeError(f"register_comm_hook takes a callable hook(state, bucket), got {type(hook).__name__}")
+        self._hook_registered = True
+        self.reducer.set_comm_hook(state, hook)
 
     # ------------------------------------------------------------------ DDPGRAD_DEBUG
     def _check_replicas_identical(self):

@@ -9,9 +9,8 @@ from __future__ import annotations
 import datetime
 import enum
 
-import numpy as np
 
-from ..backend import CPU, array_module, to_device
+from ..backend import array_module
 from ..tensor import Tensor
 from .comm import Communicator, current_thread_communicator, make_communicator
 
@@ -100,18 +99,20 @@ def barrier(group=None):
     get_comm().barrier()
 
 
-def _host_array(tensor: Tensor, who: str):
+def _contiguous_array(tensor: Tensor, who: str):
+    """The tensor's array as a C-contiguous buffer (NumPy or CuPy: the communicator moves device
+    arrays itself), and whether it is a copy to write back."""
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{who} takes a ddpgrad Tensor, got {type(tensor).__name__}")
     array = tensor._data
-    if array_module(array) is not np:
-        return to_device(array, CPU), True
-    return array, False
+    if array.flags.c_contiguous:
+        return array, False
+    return array_module(array).ascontiguousarray(array), True
 
 
-def _write_back(tensor: Tensor, array, copied: bool):
+def _write_back(tensor: Tensor, buf, copied: bool):
     if copied:
-        tensor._data[...] = array_module(tensor._data).asarray(array)
+        tensor._data[...] = buf
     tensor._bump()
 
 
@@ -119,29 +120,22 @@ def all_reduce(tensor: Tensor, op=ReduceOp.SUM, group=None, async_op=False):
     """Reduce ``tensor`` across ranks, in place (AVG divides the sum by the world size)."""
     comm = get_comm()
     op = ReduceOp(op) if not isinstance(op, ReduceOp) else op
-    array, copied = _host_array(tensor, "all_reduce")
-    contiguous = array.flags.c_contiguous
-    buf = array if contiguous else np.ascontiguousarray(array)
-    comm.allreduce(buf, "sum" if op is ReduceOp.AVG else op.value)
+    buf, copied = _contiguous_array(tensor, "all_reduce")
+    buf = comm.allreduce(buf, "sum" if op is ReduceOp.AVG else op.value)
     if op is ReduceOp.AVG:
         if buf.dtype.kind == "f":
             buf /= comm.size
         else:
             buf //= comm.size
-    if not contiguous:
-        array[...] = buf
-    _write_back(tensor, array, copied)
+    _write_back(tensor, buf, copied)
     return _Done() if async_op else None
 
 
 def broadcast(tensor: Tensor, src=0, group=None, async_op=False):
     """Overwrite ``tensor`` on every rank with rank ``src``'s values, in place."""
-    array, copied = _host_array(tensor, "broadcast")
-    buf = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+    buf, copied = _contiguous_array(tensor, "broadcast")
     get_comm().broadcast(buf, src)
-    if buf is not array:
-        array[...] = buf
-    _write_back(tensor, array, copied)
+    _write_back(tensor, buf, copied)
     return _Done() if async_op else None
 
 
@@ -150,8 +144,8 @@ def all_gather(tensor_list, tensor, group=None, async_op=False):
     comm = get_comm()
     if len(tensor_list) != comm.size:
         raise ValueError(f"all_gather needs a list of {comm.size} tensors (one per rank), got {len(tensor_list)}")
-    array, _ = _host_array(tensor, "all_gather")
-    gathered = comm.allgather(np.ascontiguousarray(array))
+    buf, _ = _contiguous_array(tensor, "all_gather")
+    gathered = comm.allgather(buf)
     for out, row in zip(tensor_list, gathered):
         if tuple(out.shape) != row.shape:
             raise ValueError(f"all_gather: output tensor of shape {list(out.shape)} for input of shape {list(row.shape)}")

@@ -1,18 +1,22 @@
 """Gradient bucketing: average parameter gradients across ranks while backward is still running.
 
 Parameters are grouped by dtype into flat buckets, in the order their gradients are expected to
-become ready (reverse registration order at first, then the order observed in the first
-iteration). Each parameter's ``.grad`` is a view into its bucket, so the engine accumulates
-straight into the buffer that MPI reduces: no copies. A post-accumulate hook counts down each
-bucket; when a bucket's last gradient is final its non-blocking allreduce starts, in bucket order
-on every rank (MPI needs collectives in the same order everywhere). A callback at the end of
-backward launches the rest (parameters this rank did not use count as zero), waits, divides by the
-world size, and gives ``None`` gradients to parameters that no rank used (as single-process
-training would).
+become ready (reverse registration order at first, then the order and times observed in the
+first iteration). Each parameter's ``.grad`` is a view into its bucket, so the engine accumulates
+straight into the buffer that is communicated. A post-accumulate hook counts down each bucket;
+when a bucket's last gradient is final, the communication hook starts its reduction, in bucket
+order on every rank (MPI needs collectives in the same order everywhere). A callback at the end
+of backward launches the rest (parameters this rank did not use count as zero), waits, and gives
+``None`` gradients to parameters that no rank used (as single-process training would).
+
+There is one path: every bucket goes through a communication hook. The default,
+``allreduce_hook``, sums the bucket; the reducer folds the division by the world size into the
+copy of each gradient into its bucket (hooks marked ``prescaled``), so averaging costs no pass of
+its own, and in a world of one the hook is the identity.
 
 Progress: MPICH advances a non-blocking collective only inside MPI calls, so every hook call also
-``test()``s the oldest bucket in flight. That costs one cheap MPI call per parameter; see
-README.md ("Performance") for why this beats a communication thread here.
+``test()``s the oldest bucket in flight; across nodes the MPI communicator adds a progress thread
+(see ``comm/mpi.py``).
 """
 
 from __future__ import annotations
@@ -24,27 +28,33 @@ import numpy as np
 from ..autograd.engine import queue_callback
 from ..backend import array_module
 from ..tensor import Tensor
-from .staging import StagedAllreduce, needs_staging, pinned_like, start_allreduce
+from .algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+MIB = 1024 * 1024
 
 DEFAULT_BUCKET_CAP_MB = 25.0
-"""PyTorch DDP's default: large enough that per-message latency is negligible."""
+"""MiB. PyTorch DDP's default: large enough that per-message latency is negligible. After the first
+iteration buckets are also split where gradients become ready far apart (``READY_GAP_S``)."""
 
 FIRST_BUCKET_CAP_MB = 1.0
-"""The first bucket (the last layers' gradients, ready first) is small, so communication starts
-as early as possible in backward."""
+"""MiB. The first bucket (the last layers' gradients, ready first) is small, so communication
+starts as early as possible in backward."""
 
-_MB = 1024 * 1024
+READY_GAP_S = 1e-3
+"""After the first iteration a bucket is closed where the next gradient became ready this much
+later than the previous one: waiting for it would leave the network idle while backward computes.
+1 ms is about 15 per-message latencies of TCP between nodes and 30 of shared memory, so the
+extra messages cost little; measured on the 784-1024-1024-10 MLP (benchmarks/README.md)."""
 
 
 class Bucket:
     """A flat buffer holding the gradients of some parameters of one dtype."""
 
-    __slots__ = ("index", "buffer", "host", "members", "pending", "work", "describe_prefix")
+    __slots__ = ("index", "buffer", "members", "pending", "work", "describe_prefix")
 
-    def __init__(self, index, buffer, members, describe_prefix, host=None):
+    def __init__(self, index, buffer, members, describe_prefix):
         self.index = index
         self.buffer = buffer
-        self.host = host  # pinned host copy of a GPU buffer when MPI can not read device memory
         self.members = members  # parameter indices
         self.pending = len(members)
         self.work = None
@@ -55,49 +65,53 @@ class Reducer:
     """Averages the gradients of ``named_params`` over ``comm`` during backward (see module doc)."""
 
     def __init__(self, named_params, comm, bucket_cap_mb=DEFAULT_BUCKET_CAP_MB,
-                 first_bucket_cap_mb=FIRST_BUCKET_CAP_MB):
+                 first_bucket_cap_mb=FIRST_BUCKET_CAP_MB, timeline=None):
+        if not bucket_cap_mb > 0:
+            raise ValueError(f"bucket_cap_mb must be a positive number of MiB, got {bucket_cap_mb!r}")
         self.names = [n for n, p in named_params if p.requires_grad]
         self.params = [p for _, p in named_params if p.requires_grad]
         self.comm = comm
-        self.bucket_cap = int(bucket_cap_mb * _MB)
-        self.first_bucket_cap = int(min(first_bucket_cap_mb, bucket_cap_mb) * _MB)
+        self.bucket_cap = int(bucket_cap_mb * MIB)
+        self.first_bucket_cap = int(min(first_bucket_cap_mb, bucket_cap_mb) * MIB)
+        self.timeline = timeline
         self.step = 0
         self.comm_wait_s = 0.0  # time spent at the end of backward waiting for the reductions
         self.sync = True
-        self.comm_hook = None
+        self.comm_hook = allreduce_hook
         self.comm_hook_state = None
+        self._scale = 1.0 / comm.size
         self._in_backward = False
         self._next = 0
         self._oldest = 0
-        self._used = np.zeros(len(self.params), dtype=np.int32)
-        self._ready_order = []
+        self._used = np.zeros(len(self.params), dtype=np.int64)
+        self._ready_at = [None] * len(self.params)
         self._rebuilt = False
-        self._order = list(reversed(range(len(self.params))))
         self.buckets = []
-        self._build(self._order)
+        self._build(list(reversed(range(len(self.params)))), [])
         self._hooks = [p.register_post_accumulate_grad_hook(self._hook(i)) for i, p in enumerate(self.params)]
 
+    def set_comm_hook(self, state, hook):
+        """Let ``hook(state, bucket)`` communicate each bucket (see ``GradBucket``)."""
+        self.comm_hook, self.comm_hook_state = hook, state
+        self._scale = 1.0 / self.comm.size if getattr(hook, "prescaled", False) else None
+
     # ------------------------------------------------------------------ layout
-    def _build(self, order):
-        """(Re)build buckets for parameters in ``order``; current gradients move into the views."""
-        by_dtype = {}
+    def _build(self, order, breaks):
+        """(Re)build buckets for parameters in ``order``, closing one before each index in
+        ``breaks`` and wherever a cap is reached; current gradients move into the views."""
+        breaks = set(breaks)
+        open_by_dtype, groups, cap = {}, [], self.first_bucket_cap
         for i in order:
-            by_dtype.setdefault(self.params[i]._data.dtype, []).append(i)
-        groups, cap = [], self.first_bucket_cap
-        for members in by_dtype.values():
-            current, size = [], 0
-            for i in members:
-                nbytes = self.params[i]._data.nbytes
-                if current and size + nbytes > cap:
-                    groups.append(current)
-                    current, size, cap = [], 0, self.bucket_cap
-                current.append(i)
-                size += nbytes
-            if current:
-                groups.append(current)
+            dtype, nbytes = self.params[i]._data.dtype, self.params[i]._data.nbytes
+            current = open_by_dtype.get(dtype)
+            if current is not None and (i in breaks or current[1] + nbytes > cap):
                 cap = self.bucket_cap
-        position = {i: k for k, i in enumerate(order)}
-        groups.sort(key=lambda g: position[g[0]])
+                current = None
+            if current is None:
+                current = open_by_dtype[dtype] = [[], 0]
+                groups.append(current[0])
+            current[0].append(i)
+            current[1] += nbytes
 
         self.buckets = []
         self._bucket_of = [0] * len(self.params)
@@ -105,43 +119,42 @@ class Reducer:
         self._grad_tensors = [None] * len(self.params)
         for b, members in enumerate(groups):
             first = self.params[members[0]]._data
-            xp = array_module(first)
-            total = sum(self.params[i]._data.size for i in members)
-            buffer = xp.zeros(total, dtype=first.dtype)
+            buffer = array_module(first).zeros(sum(self.params[i]._data.size for i in members), dtype=first.dtype)
             offset = 0
             for i in members:
                 p = self.params[i]
                 n = p._data.size
                 view = buffer[offset:offset + n].reshape(p._data.shape)
                 offset += n
-                if p.grad is not None:
-                    view[...] = p.grad._data
                 self._views[i] = view
                 self._grad_tensors[i] = Tensor._make(view)
                 if p.grad is not None:
+                    view[...] = p.grad._data
                     p.grad = self._grad_tensors[i]
                 self._bucket_of[i] = b
-            prefix = (f"allreduce of bucket {b} ({buffer.nbytes / 1e6:.2f} MB {buffer.dtype}, "
+            prefix = (f"allreduce of bucket {b} ({buffer.nbytes / MIB:.2f} MiB {buffer.dtype}, "
                       f"{len(members)} params from {self.names[members[0]]})")
-            host = pinned_like(buffer) if needs_staging(buffer, self.comm) else None
-            self.buckets.append(Bucket(b, buffer, members, prefix, host))
+            self.buckets.append(Bucket(b, buffer, members, prefix))
         self._order = list(order)
 
     def layout(self):
         """Human-readable bucket layout (logged once under DDPGRAD_DEBUG=1)."""
-        lines = []
-        for b in self.buckets:
-            names = ", ".join(self.names[i] for i in b.members)
-            lines.append(f"bucket {b.index}: {b.buffer.nbytes / 1e6:.3f} MB {b.buffer.dtype}: {names}")
-        return "\n".join(lines)
+        return "\n".join(
+            f"bucket {b.index}: {b.buffer.nbytes / MIB:.3f} MiB {b.buffer.dtype}: "
+            + ", ".join(self.names[i] for i in b.members)
+            for b in self.buckets
+        )
 
     # ------------------------------------------------------------------ per iteration
     def prepare(self, sync: bool):
         """Before a forward pass: gradients that exist move into their bucket views.
 
         A ``None`` gradient stays ``None``: its first contribution in backward is copied into the
-        view by the hook (one copy, instead of zero-filling the view and adding to it).
+        view by the hook (one copy, scaled there by 1/world size, instead of zero-filling the view
+        and adding to it). A previous backward that raised is dealt with here (``_recover``).
         """
+        if self._in_backward:
+            self._recover()
         self.sync = sync
         params, views, tensors = self.params, self._views, self._grad_tensors
         for i, p in enumerate(params):
@@ -150,12 +163,26 @@ class Reducer:
                 views[i][...] = g._data
                 p.grad = tensors[i]
 
-    def _zero_missing(self):
-        """Parameters with no gradient this pass contribute zeros from their views."""
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                self._views[i].fill(0)
-                p.grad = self._grad_tensors[i]
+    def _recover(self):
+        """The last backward raised before its end: reset if no bucket went out, else refuse."""
+        launched = [b.index for b in self.buckets if b.work is not None]
+        if launched:
+            raise RuntimeError(
+                f"DistributedDataParallel: the previous backward pass on rank {self.comm.rank} "
+                f"raised after bucket(s) {launched} had started their reduction at step "
+                f"{self.step}, so this rank's collectives are out of step with the other ranks' and "
+                f"the replicas can not be kept identical. Let the exception end the job (or catch it "
+                f"only before calling backward)."
+            )
+        self._reset_iteration()
+
+    def _reset_iteration(self):
+        self._in_backward = False
+        for bucket in self.buckets:
+            bucket.pending = len(bucket.members)
+            bucket.work = None
+        self._next = self._oldest = 0
+        self._used[:] = 0
 
     def _hook(self, i):
         def on_grad_ready(param):
@@ -164,22 +191,33 @@ class Reducer:
         return on_grad_ready
 
     def _on_ready(self, i, param):
-        if param.grad._data is not self._views[i]:  # .grad was set to None after forward
-            self._views[i][...] = param.grad._data
+        view = self._views[i]
+        sync = self.sync
+        if param.grad._data is not view:  # first contribution: copy it in (scaled when averaging)
+            if sync and self._scale is not None and self._scale != 1.0:
+                array_module(view).multiply(param.grad._data, self._scale, out=view)
+            else:
+                view[...] = param.grad._data
             param.grad = self._grad_tensors[i]
+        elif sync and self._scale is not None and self._scale != 1.0:
+            view *= self._scale  # the engine added into an accumulated gradient
         self._used[i] = 1
         if not self._rebuilt:
-            self._ready_order.append(i)
-        if not self.sync:
+            self._ready_at[i] = time.perf_counter()
+        if not sync:
             return
         if not self._in_backward:
             self._in_backward = True
             queue_callback(self._finalize)
         bucket = self.buckets[self._bucket_of[i]]
         bucket.pending -= 1
-        if bucket.pending == 0 and bucket.index == self._next:
-            self._launch_ready()
-        elif self._oldest < self._next:
+        if bucket.pending == 0:
+            if self.timeline is not None:
+                self.timeline.instant(f"bucket {bucket.index} ready", "reducer")
+            if bucket.index == self._next:
+                self._launch_ready()
+                return
+        if self._oldest < self._next:
             self._progress()
 
     def _launch_ready(self):
@@ -190,78 +228,95 @@ class Reducer:
 
     def _launch(self, bucket):
         describe = f"{bucket.describe_prefix} at step {self.step}"
-        if self.comm.size == 1 and self.comm_hook is None:
-            bucket.work = None
-        elif self.comm_hook is not None:
-            grad_bucket = GradBucket(bucket, self.comm, describe, [self.params[i] for i in bucket.members],
-                                     bucket.index == len(self.buckets) - 1)
-            bucket.work = _check_hook_work(self.comm_hook(self.comm_hook_state, grad_bucket), self.comm_hook)
-        else:
-            bucket.work = start_allreduce(self.comm, bucket.buffer, bucket.host, describe)
+        members = [self.params[i] for i in bucket.members]
+        grad_bucket = GradBucket(bucket, self.comm, describe, members, bucket.index == len(self.buckets) - 1,
+                                 prescaled=self._scale is not None)
+        bucket.work = _check_hook_work(self.comm_hook(self.comm_hook_state, grad_bucket), self.comm_hook)
+        if self.timeline is not None:
+            self.timeline.begin(bucket.index, f"bucket {bucket.index} in flight",
+                                {"MiB": round(bucket.buffer.nbytes / MIB, 3), "params": len(members)})
+
+    def _retire(self, bucket):
+        if self.timeline is not None:
+            self.timeline.end(bucket.index)
 
     def _progress(self):
         """Let MPI advance the collectives in flight; retire the oldest ones that completed."""
         buckets = self.buckets
         while self._oldest < self._next:
-            work = buckets[self._oldest].work
-            if work is not None and not work.test():
+            bucket = buckets[self._oldest]
+            if not bucket.work.test():
                 return
+            self._retire(bucket)
             self._oldest += 1
 
     def _finalize(self):
-        """End of backward: launch what is left, wait, average, mark globally unused parameters."""
+        """End of backward: launch what is left, wait, mark globally unused parameters."""
         self._in_backward = False
-        if not self._used.all():
-            self._zero_missing()
+        used = self._used
+        if not used.all():
+            self._zero_unused()
         for bucket in self.buckets:
             bucket.pending = 0
         self._launch_ready()
-        for bucket in self.buckets:
-            if isinstance(bucket.work, StagedAllreduce):
-                bucket.work.start()  # every bucket's collective is issued before the usage one
         size = self.comm.size
-        used = self._used
         usage = None
         if size > 1:  # every rank joins: any rank may have a parameter it did not use
             used = used.copy()
             usage = self.comm.iallreduce(used, "sum", describe=f"allreduce of parameter usage at step {self.step}")
         waiting_since = time.perf_counter()
+        timeline = self.timeline
+        if timeline is not None:
+            timeline.begin("wait", "wait for reductions")
         for bucket in self.buckets:
-            if bucket.work is None:
-                continue
             result = bucket.work.wait()
-            if self.comm_hook is not None:
-                if result is not bucket.buffer:
-                    bucket.buffer[...] = _check_hook_result(result, bucket, self.comm_hook)
-            else:
-                array_module(bucket.buffer).divide(bucket.buffer, size, out=bucket.buffer)
+            if result is not bucket.buffer:
+                bucket.buffer[...] = _check_hook_result(result, bucket, self.comm_hook)
+            if bucket.index >= self._oldest:
+                self._retire(bucket)
             bucket.work = None
         if usage is not None:
             usage.wait()
+        if timeline is not None:
+            timeline.end("wait")
         self.comm_wait_s += time.perf_counter() - waiting_since
         if not used.all():
             for i in np.flatnonzero(used == 0):
                 self.params[i].grad = None
-        for bucket in self.buckets:
-            bucket.pending = len(bucket.members)
-        self._next = self._oldest = 0
-        self._used[:] = 0
+        self._reset_iteration()
         if not self._rebuilt:
-            self._rebuild_from_observed_order()
+            self._rebuild_from_observed_times()
         self.step += 1
 
-    def _rebuild_from_observed_order(self):
-        """After the first iteration: buckets follow the order gradients actually became ready."""
+    def _zero_unused(self):
+        """Parameters without a gradient this pass contribute zeros; an accumulated gradient
+        that this pass did not add to is scaled like the others."""
+        for i in np.flatnonzero(self._used == 0):
+            p = self.params[i]
+            if p.grad is None:
+                self._views[i].fill(0)
+                p.grad = self._grad_tensors[i]
+            elif self._scale is not None and self._scale != 1.0:
+                self._views[i][...] *= self._scale
+
+    def _rebuild_from_observed_times(self):
+        """After the first iteration: buckets follow the order gradients actually became ready,
+        split where one became ready long after the previous one (``READY_GAP_S``). Rank 0's
+        observation is used by every rank."""
         self._rebuilt = True
-        seen = dict.fromkeys(self._ready_order)
-        order = list(seen) + [i for i in reversed(range(len(self.params))) if i not in seen]
-        order = np.asarray(order, dtype=np.int64)
+        ready = sorted((t, i) for i, t in enumerate(self._ready_at) if t is not None)
+        seen = {i for _, i in ready}
+        order = [i for _, i in ready] + [i for i in reversed(range(len(self.params))) if i not in seen]
+        gaps = [0] + [int(ready[k][0] - ready[k - 1][0] > READY_GAP_S) for k in range(1, len(ready))]
+        plan = np.asarray(order + gaps + [0] * (len(order) - len(gaps)), dtype=np.int64)
         if self.comm.size > 1:
-            self.comm.broadcast(order, 0, describe="broadcast of the observed gradient order")
-        order = order.tolist()
-        self._ready_order = []
-        if order != self._order:
-            self._build(order)
+            self.comm.broadcast(plan, 0, describe="broadcast of the observed gradient order")
+        n = len(order)
+        order = plan[:n].tolist()
+        breaks = [i for i, gap in zip(order, plan[n:].tolist()) if gap]
+        self._ready_at = [None] * len(self.params)
+        if order != self._order or breaks:
+            self._build(order, breaks)
 
 
 class GradBucket:
@@ -271,13 +326,15 @@ class GradBucket:
     on ``comm`` (naming it ``describe`` for timeout messages) and returns a handle with
     ``test() -> bool`` and ``wait() -> array``; ``wait()`` gives the bucket's gradient averaged
     over the ranks, of the buffer's shape (the reducer copies it into the buffer unless it is the
-    buffer itself, and does not divide by the world size).
+    buffer itself). A hook with the attribute ``prescaled = True`` gets buckets already divided
+    by the world size (``is_prescaled()``); any other hook gets the local gradient.
     """
 
-    def __init__(self, bucket, comm, describe, params=(), last=False):
+    def __init__(self, bucket, comm, describe, params=(), last=False, prescaled=False):
         self._bucket = bucket
         self._params = params
         self._last = last
+        self._prescaled = prescaled
         self.comm = comm
         self.describe = describe
 
@@ -285,7 +342,7 @@ class GradBucket:
         return self._bucket.index
 
     def buffer(self):
-        """The flat gradient array (NumPy or CuPy) of this bucket, summed over nothing yet."""
+        """The flat gradient array (NumPy or CuPy) of this bucket, not yet summed over ranks."""
         return self._bucket.buffer
 
     def parameters(self):
@@ -295,6 +352,10 @@ class GradBucket:
     def is_last(self):
         """Whether this is the last bucket reduced in an iteration."""
         return self._last
+
+    def is_prescaled(self):
+        """Whether ``buffer()`` already holds the local gradient divided by the world size."""
+        return self._prescaled
 
 
 def _check_hook_work(work, hook):

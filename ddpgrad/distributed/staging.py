@@ -1,13 +1,16 @@
-"""Allreduce of GPU (CuPy) gradient buckets.
+"""Collectives on GPU (CuPy) arrays for a communicator whose MPI can not read device memory.
 
-When the MPI library is CUDA-aware, device buffers go to MPI directly. Otherwise each bucket has a
-reused pinned host buffer: its device-to-host copy runs on a side stream while backward goes on
-computing, the host buffer is reduced as soon as the copy has landed, and the result is copied
-back. So the copy of one bucket overlaps the reduction of another and the rest of backward.
+The communicator (never the reducer, a hook or DDP) hands such a buffer here, as ChainerMN's
+non-CUDA-aware communicators do: its device-to-host copy into a reused pinned buffer runs on a
+side stream while backward goes on computing, the host collective starts once the copy has
+landed, and ``wait()`` copies the result back to the device. A collective the communicator
+starts later first launches the staged ones still waiting for their copy, so every rank issues
+its collectives in one order.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 
 from ..backend import cupy_module, is_cuda_array
@@ -16,15 +19,13 @@ CUDA_AWARE_ENV = "DDPGRAD_CUDA_AWARE_MPI"
 """"1" or "0" overrides detection of a CUDA-aware MPI library."""
 
 
-def mpi_is_cuda_aware(comm) -> bool:
-    """Whether ``comm`` can reduce device arrays in place (MPIX_Query_cuda_support, or the env)."""
+def mpi_is_cuda_aware() -> bool:
+    """Whether MPI can read device arrays (MPIX_Query_cuda_support, or ``$DDPGRAD_CUDA_AWARE_MPI``)."""
     forced = os.environ.get(CUDA_AWARE_ENV)
     if forced in ("0", "1"):
         return forced == "1"
-    if getattr(comm, "backend", None) != "mpi":
-        return False
     try:
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI  # noqa: PLC0415 - only asked by the MPI communicator
 
         query = getattr(MPI, "Query_cuda_support", None)
         return bool(query()) if query else False
@@ -32,67 +33,94 @@ def mpi_is_cuda_aware(comm) -> bool:
         return False
 
 
-def needs_staging(buffer, comm) -> bool:
-    return is_cuda_array(buffer) and comm.size > 1 and not mpi_is_cuda_aware(comm)
+def synchronize_for_direct_access(buf):
+    """A device buffer that MPI reads directly must be final: wait for the compute stream."""
+    if is_cuda_array(buf):
+        cupy_module().cuda.get_current_stream().synchronize()
 
 
-def pinned_like(buffer):
-    """A page-locked host array of ``buffer``'s size and dtype (fast, asynchronous copies)."""
+class HostStaging:
+    """Pinned host buffers, a copy stream and the staged collectives of one communicator."""
+
+    def __init__(self):
+        self._free = collections.defaultdict(list)  # (shape, dtype) -> pinned arrays not in use
+        self._waiting = collections.deque()  # staged works whose host collective has not started
+        self._stream = None
+
+    def start(self, buf, start_host, in_place: bool):
+        """Stage ``buf`` and return a handle; ``start_host(host_array)`` starts the collective."""
+        cp = cupy_module()
+        if self._stream is None:
+            self._stream = cp.cuda.Stream(non_blocking=True)
+        key = (buf.shape, buf.dtype.str)
+        host = self._free[key].pop() if self._free[key] else _pinned(buf.shape, buf.dtype)
+        ready = cp.cuda.Event()
+        ready.record()  # buf is final on the compute stream here
+        self._stream.wait_event(ready)
+        try:
+            buf.get(stream=self._stream, out=host, blocking=False)
+        except TypeError:  # CuPy without non-blocking get: the copy is done when this returns
+            buf.get(stream=self._stream, out=host)
+        copied = cp.cuda.Event()
+        copied.record(self._stream)
+        work = StagedWork(self, buf, host, key, copied, start_host, in_place)
+        self._waiting.append(work)
+        return work
+
+    def launch(self, until=None, block=True):
+        """Start the host collectives of staged works, oldest first, up to ``until`` (all if None);
+        without ``block``, stop at the first whose copy has not landed."""
+        while self._waiting:
+            work = self._waiting[0]
+            if not block and not work.copied.done:
+                return
+            self._waiting.popleft()
+            work.copied.synchronize()
+            work.work = work.start_host(work.host)
+            if work is until:
+                return
+
+    def release(self, key, host):
+        self._free[key].append(host)
+
+
+def _pinned(shape, dtype):
     cupy_module()
     import cupyx  # noqa: PLC0415
 
-    return cupyx.empty_pinned((buffer.size,), dtype=buffer.dtype)
+    return cupyx.empty_pinned(shape, dtype=dtype)
 
 
-class StagedAllreduce:
-    """Device buffer → pinned host → MPI allreduce → device buffer, driven by ``test``/``wait``."""
+class StagedWork:
+    """Device buffer -> pinned host -> host collective -> device, driven by ``test``/``wait``."""
 
-    _copy_stream = None
-
-    def __init__(self, comm, buffer, host, op, describe):
-        cp = cupy_module()
-        if StagedAllreduce._copy_stream is None:
-            StagedAllreduce._copy_stream = cp.cuda.Stream(non_blocking=True)
-        stream = StagedAllreduce._copy_stream
-        ready = cp.cuda.Event()
-        ready.record()  # the gradients are final on the compute stream here
-        stream.wait_event(ready)
-        try:
-            buffer.get(stream=stream, out=host, blocking=False)
-        except TypeError:  # CuPy without non-blocking get: copy, then the event is already done
-            buffer.get(stream=stream, out=host)
-        self._copied = cp.cuda.Event()
-        self._copied.record(stream)
-        self.comm, self.buffer, self.host, self.op, self.describe = comm, buffer, host, op, describe
+    def __init__(self, staging, buf, host, key, copied, start_host, in_place):
+        self.staging, self.buf, self.host, self.key = staging, buf, host, key
+        self.copied, self.start_host, self.in_place = copied, start_host, in_place
         self.work = None
-        self.result = buffer
-
-    def _launch_if_copied(self, block):
-        if self.work is None:
-            if not block and not self._copied.done:
-                return False
-            self._copied.synchronize()
-            self.work = self.comm.iallreduce(self.host, self.op, describe=self.describe)
-        return True
-
-    def start(self):
-        """Launch the MPI reduction now (waiting for the copy): keeps collectives in bucket order."""
-        self._launch_if_copied(block=True)
+        self._result = None
 
     def test(self) -> bool:
-        return self._launch_if_copied(block=False) and self.work.test()
+        if self.work is None:
+            self.staging.launch(block=False)
+            if self.work is None:
+                return False
+        return self.work.test()
 
     def wait(self, timeout=None):
-        self._launch_if_copied(block=True)
-        self.work.wait(timeout)
-        self.buffer.set(self.host)
-        return self.buffer
+        if self._result is None:
+            if self.work is None:
+                self.staging.launch(until=self)
+            host_result = self.work.wait(timeout)
+            if self.in_place:
+                self.buf.set(self.host)
+                self._result = self.buf
+            else:
+                self._result = cupy_module().asarray(host_result)
+            self.staging.release(self.key, self.host)
+            self.host = None
+        return self._result
 
-
-def start_allreduce(comm, buffer, host, describe, op="sum"):
-    """Start reducing ``buffer`` (NumPy, or CuPy staged through ``host`` when given)."""
-    if host is not None:
-        return StagedAllreduce(comm, buffer, host, op, describe)
-    if is_cuda_array(buffer):
-        cupy_module().cuda.get_current_stream().synchronize()  # MPI reads the memory directly
-    return comm.iallreduce(buffer, op, describe=describe)
+    @property
+    def result(self):
+        return self.wait()

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from ...backend import is_cuda_array
+from ..staging import HostStaging, synchronize_for_direct_access
 from .sum16 import PAIRWISE_SUMS
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +205,26 @@ class Communicator:
         self.rank = rank
         self.size = size
         self.timeout = resolve_timeout(timeout)
+        self._staging = None
+
+    @property
+    def reads_device_memory(self) -> bool:
+        """Whether collectives can read GPU (CuPy) arrays directly; else they are staged through
+        pinned host memory (``staging.HostStaging``)."""
+        return False
+
+    def _route(self, buf, start, in_place=True, host_only=False) -> Work:
+        """Start ``start(buf)``, staging a device ``buf`` through the host when needed (always,
+        with ``host_only``: the backend computes on it with NumPy); keeps collectives in call
+        order on every rank."""
+        if self.size > 1 and is_cuda_array(buf) and (host_only or not self.reads_device_memory):
+            if self._staging is None:
+                self._staging = HostStaging()
+            return self._staging.start(buf, start, in_place)
+        if self._staging is not None:
+            self._staging.launch()
+        synchronize_for_direct_access(buf)
+        return start(buf)
 
     def __repr__(self):
         return f"<{type(self).__name__} rank {self.rank} of {self.size}, timeout {self.timeout:g} s>"
@@ -241,22 +263,28 @@ class Communicator:
                 )
         elif op not in REDUCE_OPS:
             raise ValueError(f"allreduce op must be one of {REDUCE_OPS + tuple(SUM16_OPS)}, got {op!r}")
-        return self._iallreduce(buf, op, describe or _describe(f"allreduce({op})", buf))
+        describe = describe or _describe(f"allreduce({op})", buf)
+        host_only = op in SUM16_OPS or buf.dtype == np.float16
+        return self._route(buf, lambda b: self._iallreduce(b, op, describe), host_only=host_only)
 
     def ibroadcast(self, buf: np.ndarray, root: int = 0, *, describe: str | None = None) -> Work:
         """Start copying rank ``root``'s ``buf`` into ``buf`` on every rank."""
         _check_buffer(buf, "broadcast")
         if not 0 <= root < self.size:
             raise ValueError(f"broadcast root must be a rank in [0, {self.size}), got {root}")
-        return self._ibroadcast(buf, root, describe or _describe(f"broadcast(root={root})", buf))
+        describe = describe or _describe(f"broadcast(root={root})", buf)
+        return self._route(buf, lambda b: self._ibroadcast(b, root, describe))
 
     def iallgather(self, sendbuf: np.ndarray, *, describe: str | None = None) -> Work:
         """Start gathering every rank's ``sendbuf`` (same shape everywhere) into a new array."""
         _check_buffer(sendbuf, "allgather", writable=False)
-        return self._iallgather(sendbuf, describe or _describe("allgather", sendbuf))
+        describe = describe or _describe("allgather", sendbuf)
+        return self._route(sendbuf, lambda b: self._iallgather(b, describe), in_place=False)
 
     def ibarrier(self, *, describe: str | None = None) -> Work:
         """Start a barrier: done once every rank has entered it."""
+        if self._staging is not None:
+            self._staging.launch()
         return self._ibarrier(describe or "barrier")
 
     # -- blocking -------------------------------------------------------------------------------

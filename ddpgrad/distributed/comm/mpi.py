@@ -5,13 +5,17 @@ broadcast and allgather move its bits as uint16; allreduce sums (or max/min/prod
 and rounds back once. That costs twice the bytes on the wire for float16 buffers, and buys a more
 accurate sum and no Python callback inside MPI's progress engine.
 
-The 16-bit sums "sum_fp16" and "sum_bf16" (gradient compression) do keep 16 bits on the wire:
-they are user-defined MPI ops whose Python callback applies ``sum16``'s pairwise sum, the same
-NumPy arithmetic as the other backends.
+The 16-bit sums "sum_fp16" and "sum_bf16" (gradient compression) do keep 16 bits on the wire,
+without a Python callback inside MPI (a user-defined op would run one per message, on the progress
+path): an alltoall and an allgather of 16-bit chunks, with the sum done in NumPy between them
+(``_Sum16Work``), the same arithmetic as the other backends.
+
+Across nodes a ``ProgressThread`` keeps collectives moving while the main thread computes.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -20,8 +24,9 @@ import traceback
 
 import numpy as np
 
+from ..staging import mpi_is_cuda_aware
 from .base import SPIN_S, Communicator, Work, abort_disabled
-from .sum16 import PAIRWISE_SUMS
+from .sum16 import PAIRWISE_SUMS, sum_rows_16
 
 _MPI_TYPE_NAMES = {
     np.dtype(np.float32): "FLOAT",
@@ -33,7 +38,6 @@ _MPI_TYPE_NAMES = {
 }
 _MPI_OP_NAMES = {"sum": "SUM", "max": "MAX", "min": "MIN", "prod": "PROD"}
 _abort_hooks_installed = False
-_sum16_ops = {}  # op name -> MPI.Op, created once per process (mpi4py has few user-op slots)
 
 
 def mpi_module():
@@ -92,28 +96,73 @@ def install_abort_on_exception() -> bool:
     return True
 
 
-def sum16_op(name):
-    """The user-defined, commutative ``MPI.Op`` for a ``sum16`` op, on buffers typed UINT16_T."""
-    op = _sum16_ops.get(name)
-    if op is None:
+PROGRESS_ENV = "DDPGRAD_PROGRESS_THREAD"
+""""1" or "0" forces the progress thread on or off; by default it runs when the ranks span more
+than one node (see ``ProgressThread``)."""
 
-        def combine(inbuf, inoutbuf, datatype):
-            if datatype.Get_size() != 2:
-                raise TypeError(f"the {name} MPI op takes 16-bit elements, got {datatype.Get_name()}")
-            dtype, add = PAIRWISE_SUMS[name]  # looked up per call, so a test can watch it
-            add(np.frombuffer(inoutbuf, dtype=dtype), np.frombuffer(inbuf, dtype=dtype))
+PROGRESS_INTERVAL_S = 100e-6
+"""Pause between two rounds of the progress thread: at 1 Gb/s a TCP socket drains about 12 KB in
+that time, far less than its buffer, so the link never idles, and the thread's wake-ups cost under
+5% of a core. Measured on the simulated cluster (benchmarks/README.md)."""
 
-        op = _sum16_ops[name] = mpi_module().Op.Create(combine, commute=True)
-    return op
+
+class ProgressThread:
+    """Tests the collectives in flight every ``PROGRESS_INTERVAL_S`` while the main thread computes.
+
+    MPICH moves a non-blocking collective's data only inside MPI calls; a long matmul in backward
+    makes none, so across a network the link would idle. NumPy releases the GIL inside BLAS, so
+    this thread's tests run beside it. Sleeps while nothing is in flight.
+    """
+
+    def __init__(self, interval=PROGRESS_INTERVAL_S):
+        self.interval = interval
+        self._works = []
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="ddpgrad-mpi-progress", daemon=True)
+        self._thread.start()
+
+    def track(self, work):
+        with self._cond:
+            self._works.append(work)
+            self._cond.notify()
+
+    def stop(self):
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=1.0)
+
+    def _run(self):
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._works and not self._stopped:
+                    cond.wait()
+                if self._stopped:
+                    return
+                works = list(self._works)
+            for work in works:
+                work.try_test()
+            with cond:
+                self._works = [w for w in self._works if not w.done]
+            time.sleep(self.interval)
 
 
 class _MPIWork(Work):
+    """One MPI request; ``test`` is safe to call from the progress thread and the main thread."""
+
     spin_s = SPIN_S
 
     def __init__(self, comm, collective, describe, request, result=None, finish=None):
         super().__init__(comm, collective, describe, result)
         self._request = request
         self._on_finish = finish
+        self._lock = threading.Lock()
+
+    @property
+    def done(self):
+        return self._done
 
     def _poll(self):
         return self._request.Test()
@@ -122,6 +171,88 @@ class _MPIWork(Work):
         if self._on_finish is not None:
             self._on_finish()
         self._request = self._on_finish = None
+
+    def _test_locked(self):
+        if not self._done and self._poll():
+            self._finish()
+            self._done = True
+        return self._done
+
+    def test(self):
+        if self._done:
+            return True
+        with self._lock:
+            return self._test_locked()
+
+    def try_test(self):
+        """``test`` unless another thread is testing right now (the progress thread's form)."""
+        if self._done or not self._lock.acquire(blocking=False):
+            return self._done
+        try:
+            return self._test_locked()
+        finally:
+            self._lock.release()
+
+
+class _Sum16Work(_MPIWork):
+    """A 16-bit sum without a Python callback inside MPI: an alltoall gives each rank every rank's
+    share of one chunk, the rank sums it in NumPy (``sum_rows_16``), and an allgather of the
+    16-bit sums completes the buffer. Same bytes on the wire as a reduce-scatter + allgather."""
+
+    def __init__(self, comm, describe, buf, op):
+        size = comm.size
+        self._buf, self._op = buf, op
+        flat = buf.reshape(-1).view(np.uint16)
+        self._chunk = chunk = -(-flat.size // size)
+        self._padded = flat if chunk * size == flat.size else np.zeros(chunk * size, np.uint16)
+        if self._padded is not flat:
+            self._padded[:flat.size] = flat
+        self._rows = np.empty((size, chunk), np.uint16)
+        u16 = comm._types[np.dtype(np.uint16)]
+        self._u16 = u16
+        request = comm.comm.Ialltoall([self._padded, chunk, u16], [self._rows, chunk, u16])
+        self._gathering = False
+        super().__init__(comm, "allreduce", describe, request, result=buf)
+
+    def _poll(self):
+        if not self._request.Test():
+            return False
+        if self._gathering:
+            return True
+        comm, chunk = self.comm, self._chunk
+        mine = self._padded[comm.rank * chunk:(comm.rank + 1) * chunk]
+        sum_rows_16(self._rows, self._op, mine)
+        self._rows = None
+        self._request = comm.comm.Iallgather(self._mpi_in_place(), [self._padded, chunk, self._u16])
+        self._gathering = True
+        return self._request.Test()
+
+    def _mpi_in_place(self):
+        return self.comm._mpi.IN_PLACE
+
+    def _finish(self):
+        flat = self._buf.reshape(-1).view(np.uint16)
+        if self._padded is not flat:
+            flat[...] = self._padded[:flat.size]
+        self._padded = None
+        super()._finish()
+
+
+def _spans_nodes(MPI, comm) -> bool:
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return local.Get_size() < comm.Get_size()
+    finally:
+        local.Free()
+
+
+def _progress_thread_wanted(MPI, comm) -> bool:
+    forced = os.environ.get(PROGRESS_ENV)
+    if forced in ("0", "1"):
+        wanted = forced == "1"
+    else:
+        wanted = comm.Get_size() > 1 and _spans_nodes(MPI, comm)
+    return wanted and MPI.Query_thread() == MPI.THREAD_MULTIPLE
 
 
 class MPICommunicator(Communicator):
@@ -140,10 +271,25 @@ class MPICommunicator(Communicator):
         _MPIWork(self, "communicator duplication", "Comm.Idup at setup", request).wait()
         self._ops = {name: getattr(MPI, mpi_name) for name, mpi_name in _MPI_OP_NAMES.items()}
         self._types = {dtype: getattr(MPI, mpi_name) for dtype, mpi_name in _MPI_TYPE_NAMES.items()}
+        self._cuda_aware = None
+        self.progress_thread = ProgressThread() if _progress_thread_wanted(MPI, self.comm) else None
+        if self.progress_thread is not None:
+            atexit.register(self.progress_thread.stop)  # before mpi4py finalizes MPI (atexit is LIFO)
+
+    def _tracked(self, work):
+        if self.progress_thread is not None:
+            self.progress_thread.track(work)
+        return work
 
     @property
     def aborts_job(self):
         return self.size > 1 and not abort_disabled()
+
+    @property
+    def reads_device_memory(self):
+        if self._cuda_aware is None:
+            self._cuda_aware = mpi_is_cuda_aware()
+        return self._cuda_aware
 
     def abort(self, message):
         abort_job(message)
@@ -156,9 +302,7 @@ class MPICommunicator(Communicator):
 
     def _iallreduce(self, buf, op, describe):
         if op in PAIRWISE_SUMS:
-            wire = [buf.view(np.uint16), self._types[np.dtype(np.uint16)]]
-            request = self.comm.Iallreduce(self._mpi.IN_PLACE, wire, sum16_op(op))
-            return _MPIWork(self, "allreduce", describe, request, result=buf)
+            return self._tracked(_Sum16Work(self, describe, buf, op))
         finish = None
         target = buf
         if buf.dtype == np.float16:
@@ -168,16 +312,16 @@ class MPICommunicator(Communicator):
                 np.copyto(buf, target, casting="unsafe")
 
         request = self.comm.Iallreduce(self._mpi.IN_PLACE, self._typed(target), self._ops[op])
-        return _MPIWork(self, "allreduce", describe, request, result=buf, finish=finish)
+        return self._tracked(_MPIWork(self, "allreduce", describe, request, result=buf, finish=finish))
 
     def _ibroadcast(self, buf, root, describe):
         request = self.comm.Ibcast(self._typed(buf), root)
-        return _MPIWork(self, "broadcast", describe, request, result=buf)
+        return self._tracked(_MPIWork(self, "broadcast", describe, request, result=buf))
 
     def _iallgather(self, sendbuf, describe):
         recvbuf = np.empty((self.size, *sendbuf.shape), dtype=sendbuf.dtype)
         request = self.comm.Iallgather(self._typed(sendbuf), self._typed(recvbuf))
-        return _MPIWork(self, "allgather", describe, request, result=recvbuf)
+        return self._tracked(_MPIWork(self, "allgather", describe, request, result=recvbuf))
 
     def _ibarrier(self, describe):
-        return _MPIWork(self, "barrier", describe, self.comm.Ibarrier())
+        return self._tracked(_MPIWork(self, "barrier", describe, self.comm.Ibarrier()))

@@ -5,12 +5,11 @@ NumPy has no bfloat16, so a bfloat16 array is carried as the ``uint16`` bit patt
 half of a float32's bits). All conversions round to nearest, ties to even; overflow gives
 infinity; NaN stays NaN.
 
-Every backend combines two ranks' contributions with the same function below: both operands are
-widened exactly to float32, added, and the sum is rounded once to 16 bits. float32 has at least
-2p+2 significand bits for both 16-bit formats (p = 11 and 8), so this double rounding is
-innocuous: each pairwise sum is the correctly rounded 16-bit sum, whatever the operand order.
-With more than two ranks the partial sums are rounded too, in an order the backend chooses
-(MPI's algorithm; rank order on the threads backend).
+Every backend combines the ranks' contributions with ``sum_rows_16``: each rank's 16-bit values
+are widened exactly to float32, added in rank order in float32, and the total is rounded once to
+16 bits, so every backend gives the same bits. (``add_fp16_``/``add_bf16_`` are the pairwise form:
+float32 has at least 2p+2 significand bits for both formats, p = 11 and 8, so each pairwise sum is
+the correctly rounded 16-bit sum.)
 
 On NumPy the float16 conversions are done here rather than with ``astype``: NumPy's own cast
 takes a slow path for float16 subnormals (magnitudes below 6.1e-5, where gradients often lie),
@@ -227,6 +226,40 @@ def add_bf16_(total, other):
             y <<= 16
             np.add(x.view(np.float32), y.view(np.float32), out=x.view(np.float32))
             _narrow_bf16(x, t16[lo:hi], t, flag)
+
+
+def _widen_fp16_into(bits, out):
+    np.take(_fp16_table(), bits, out=out, mode="clip")
+
+
+def _widen_bf16_into(bits, out):
+    wide = out.view(np.uint32)
+    np.copyto(wide, bits)
+    wide <<= 16
+
+
+def sum_rows_16(rows, op, out):
+    """``out = round16(rows[0] + rows[1] + ...)``: the rows (16-bit, shape (k, n)) widened exactly
+    to float32, added in row order in float32, and the total rounded once to 16 bits (``op``'s
+    format) into ``out`` (n elements, the buffer dtype of ``op``). How every backend combines the
+    ranks' contributions of a 16-bit sum, so they all give the same bits."""
+    widen = _widen_fp16_into if op == "sum_fp16" else _widen_bf16_into
+    bits = rows.view(np.uint16)
+    target = out.reshape(-1).view(np.uint16)
+    n = target.size
+    scratch = _Scratch(n, np.float32, np.float32, *[np.uint32] * 4, np.bool_)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow gives infinity, as intended
+        for lo, hi in _steps(n):
+            total, term, a, b, c, d, flag = scratch.take(hi - lo)
+            widen(bits[0, lo:hi], total)
+            for row in bits[1:]:
+                widen(row[lo:hi], term)
+                total += term
+            if op == "sum_fp16":
+                _narrow_fp16(total.view(np.uint32), target[lo:hi], a, b, c, d, flag)
+            else:
+                _narrow_bf16(total.view(np.uint32), target[lo:hi], a, flag)
+    return out
 
 
 PAIRWISE_SUMS = {

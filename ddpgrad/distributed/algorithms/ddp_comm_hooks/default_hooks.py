@@ -4,19 +4,25 @@
 ``hook(state, bucket)`` for each gradient bucket once its gradients are final; the hook starts the
 bucket's collective and returns a handle whose ``wait()`` gives the gradient averaged over the
 ranks. ``state`` is unused by these hooks (pass None), as in PyTorch's default hooks.
+``allreduce_hook`` is what DDP does when no hook is registered.
 
-The compression hooks divide by the world size *before* summing (a sum of N float16 gradients
-overflows 65504 where their mean does not), round to 16 bits and sum with a 16-bit allreduce
-("sum_fp16" / "sum_bf16"): half the bytes of a float32 allreduce. Every partial sum is rounded to
-16 bits, so the averaged gradient has 16-bit precision: about 3 significant digits for fp16, 2 for
-bf16; bf16 keeps float32's range, fp16 rounds magnitudes below about 3e-8 to zero. The result is
-widened back into the bucket's own buffer. A GPU (CuPy) bucket is compressed on the device, so
-only the 16-bit payload crosses to the host.
+These hooks are ``prescaled``: the reducer hands them buckets already divided by the world size
+(folded into the copy of each gradient into its bucket), so averaging costs no pass of its own; a
+bucket that is not prescaled (a user's hook calling these) is divided here. Dividing before
+summing also keeps a sum of N float16 gradients from overflowing 65504 where their mean does not.
+
+The compression hooks round the bucket to 16 bits and sum with a 16-bit allreduce
+("sum_fp16" / "sum_bf16"): half the bytes of a float32 allreduce. The communicator sums the
+16-bit contributions in float32 and rounds once, so the averaged gradient is the 16-bit rounding
+of the mean of 16-bit gradients: about 3 significant digits for fp16, 2 for bf16; bf16 keeps
+float32's range, fp16 rounds magnitudes below about 3e-8 to zero. The result is widened back into
+the bucket's own buffer. A GPU (CuPy) bucket is compressed on the device; the communicator moves
+it to the host if MPI can not read device memory.
 """
 
 from __future__ import annotations
 
-from ....backend import CPU, array_module, to_device
+from ....backend import array_module
 from ...comm.sum16 import bf16_bits_to_float32, float_to_bf16_bits, float_to_fp16, fp16_to_float32
 
 
@@ -39,37 +45,34 @@ class _ThenWork:
         return self._result
 
 
-def _allreduce(bucket, payload, op, then):
-    """Sum ``payload`` (the bucket's buffer, or its compressed form) across ranks with ``op``;
-    ``then`` gets the sum, on the buffer's device, and returns the averaged gradient."""
-    host = to_device(payload, CPU)
-    work = bucket.comm.iallreduce(host, op, describe=f"{bucket.describe} [{op}]")
-    if host is payload:
-        return _ThenWork(work, then)
-    xp = array_module(payload)
-    return _ThenWork(work, lambda total: then(xp.asarray(total)))
+class _Done:
+    """The handle of a bucket that needs no communication (a world of one)."""
+
+    def __init__(self, result):
+        self._result = result
+
+    def test(self) -> bool:
+        return True
+
+    def wait(self, timeout=None):
+        return self._result
 
 
-def _widen_into(buffer, total, widen):
-    """The 16-bit ``total`` widened into the bucket's ``buffer`` (straight into it if float32)."""
-    if buffer.dtype == "float32":
-        widen(total, out=buffer)
-    else:
-        buffer[...] = widen(total)
+def _local_mean(bucket):
+    """The bucket's buffer divided by the world size (in place, unless the reducer did it)."""
+    buffer = bucket.buffer()
+    if not bucket.is_prescaled() and bucket.comm.size > 1:
+        array_module(buffer).divide(buffer, bucket.comm.size, out=buffer)
+    return buffer
 
 
 def allreduce_hook(process_group, bucket):
-    """Average the bucket with one allreduce of its own dtype, dividing by the world size first
-    (PyTorch's ``allreduce_hook``; without a hook DDP sums first, then divides)."""
-    buffer = bucket.buffer()
-    array_module(buffer).divide(buffer, bucket.comm.size, out=buffer)
-
-    def copy_back(total):
-        if total is not buffer:
-            buffer[...] = total
-        return buffer
-
-    return _allreduce(bucket, buffer, "sum", copy_back)
+    """Average the bucket with one allreduce of its own dtype (PyTorch's ``allreduce_hook``, and
+    DDP's default); in a world of one, the identity."""
+    buffer = _local_mean(bucket)
+    if bucket.comm.size == 1:
+        return _Done(buffer)
+    return bucket.comm.iallreduce(buffer, "sum", describe=bucket.describe)
 
 
 def fp16_compress_hook(process_group, bucket):
@@ -84,12 +87,20 @@ def bf16_compress_hook(process_group, bucket):
 
 
 def _compressed(bucket, narrow, widen, op):
-    """Divide by the world size, narrow to 16 bits, sum with ``op``, widen back into the bucket."""
-    buffer = bucket.buffer()
-    compressed = narrow(buffer / bucket.comm.size)
+    """Narrow the local mean to 16 bits, sum with ``op``, widen back into the bucket."""
+    buffer = _local_mean(bucket)
+    compressed = narrow(buffer)
 
     def decompress(total):
-        _widen_into(buffer, total, widen)
+        if buffer.dtype == "float32":
+            widen(total, out=buffer)
+        else:
+            buffer[...] = widen(total)
         return buffer
 
-    return _allreduce(bucket, compressed, op, decompress)
+    work = bucket.comm.iallreduce(compressed, op, describe=f"{bucket.describe} [{op}]")
+    return _ThenWork(work, decompress)
+
+
+for _hook in (allreduce_hook, fp16_compress_hook, bf16_compress_hook):
+    _hook.prescaled = True
