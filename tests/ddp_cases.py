@@ -199,3 +199,146 @@ def scenario_model_mismatch():
     except RuntimeError as exc:
         return str(exc)
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Uneven inputs (join), failures inside backward, cross-rank checks
+
+
+def uneven_steps(rank):
+    """Rank r has STEPS - r batches (at least 1): every rank runs out at another step."""
+    return max(1, STEPS - rank)
+
+
+def train_single_process_uneven(opt_name, world, per_rank, divide_by_initial_world_size):
+    """The oracle of join(): at step s the ranks that still have data contribute their shard;
+    the gradient is their sum over the world size (or over the ranks still training)."""
+    model = make_model("mlp")
+    opt = make_optimizer(opt_name, model.parameters())
+    x, y, flags = make_data(world, per_rank, STEPS)
+    g = world * per_rank
+    for step in range(STEPS):
+        active = [r for r in range(world) if uneven_steps(r) > step]
+        if not active:
+            break
+        rows = np.concatenate([np.arange(step * g + r * per_rank, step * g + (r + 1) * per_rank) for r in active])
+        divisor = world if divide_by_initial_world_size else len(active)
+        opt.zero_grad()
+        (_loss(model, *_batch("cpu", x[rows], y[rows], flags[rows])) * (len(active) / divisor)).backward()
+        opt.step()
+    return _host(model)
+
+
+def scenario_join_uneven_inputs(opt_name="sgd", per_rank=3, divide_by_initial_world_size=True):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = make_model("mlp")
+    ddp = DDP(model, bucket_cap_mb=0.0003)
+    opt = make_optimizer(opt_name, ddp.parameters())
+    x, y, flags = make_data(world, per_rank, STEPS)
+    g = world * per_rank
+    with ddp.join(divide_by_initial_world_size=divide_by_initial_world_size):
+        for step in range(uneven_steps(rank)):
+            s = slice(step * g + rank * per_rank, step * g + (rank + 1) * per_rank)
+            opt.zero_grad()
+            xb, yb = _batch("cpu", x[s], y[s])
+            ((ddp(xb) - yb) ** 2).mean().backward()  # one forward per step: each one is counted
+            opt.step()
+    reference = train_single_process_uneven(opt_name, world, per_rank, divide_by_initial_world_size)
+    return {"mismatches": compare(_host(model), reference)}
+
+
+class RaiseOnce:
+    """A tensor hook that raises the first time it runs (a user error caught in the loop)."""
+
+    def __init__(self):
+        self.raised = False
+
+    def __call__(self, grad):
+        if not self.raised:
+            self.raised = True
+            raise ValueError("hook failed once")
+        return grad
+
+
+def scenario_backward_raises_then_trains(where):
+    """A hook raises in the first backward, the loop catches it and goes on. ``where`` = "early":
+    before any gradient is final; "late": after the last layer's bucket went out. Returns the
+    mismatches against one process that never saw the failed step, or the error of the step after."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    per_rank = 2
+    model = make_model("mlp")
+    ddp = DDP(model, bucket_cap_mb=0.0003)
+    opt = make_optimizer("sgd", ddp.parameters())
+    x, y, flags = make_data(world, per_rank, STEPS)
+    g = world * per_rank
+    hook = RaiseOnce()
+    for step in range(STEPS):
+        s = slice(step * g + rank * per_rank, step * g + (rank + 1) * per_rank)
+        opt.zero_grad()
+        try:
+            batch = _batch("cpu", x[s], y[s], flags[s])
+            if step == 0:
+                out = ddp(batch[0])
+                if where == "early":
+                    out.register_hook(hook)
+                else:  # the input of the first layer's activation: its gradient comes after the last layer's
+                    model[0].weight.register_hook(hook)
+                ((out - batch[1]) ** 2).mean().backward()
+            else:
+                _loss(ddp, *batch).backward()
+        except ValueError:
+            continue
+        except RuntimeError as exc:
+            return {"error": str(exc)}
+        opt.step()
+    model_ref = make_model("mlp")
+    opt_ref = make_optimizer("sgd", model_ref.parameters())
+    for step in range(1, STEPS):
+        s = slice(step * g, (step + 1) * g)
+        opt_ref.zero_grad()
+        _loss(model_ref, *_batch("cpu", x[s], y[s], flags[s])).backward()
+        opt_ref.step()
+    return {"mismatches": compare(_host(model), _host(model_ref)), "error": None}
+
+
+def scenario_buffer_differs(kind):
+    """Rank world-1 has a buffer of another shape ("shape"), none ("missing"), or a parameter that
+    does not require grad ("requires_grad"); DDP construction must name it on every rank."""
+    last = dist.get_rank() == dist.get_world_size() - 1
+    model = make_model("mlp")
+    if kind == "shape":
+        model.register_buffer("running", ddpgrad.zeros(4 if last else 3))
+    elif kind == "missing" and not last:
+        model.register_buffer("running", ddpgrad.zeros(3))
+    elif kind == "requires_grad" and last:
+        model[0].bias.requires_grad_(False)
+    try:
+        DDP(model)
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+def scenario_bool_and_int8_buffers_come_from_rank0():
+    rank = dist.get_rank()
+    model = make_model("mlp")
+    model.register_buffer("mask", ddpgrad.tensor(np.array([rank == 0, rank != 0, True])))
+    model.register_buffer("codes", ddpgrad.tensor(np.array([rank, -rank, 7], dtype=np.int8)))
+    DDP(model)
+    return model.mask.numpy().tolist(), model.codes.numpy().tolist()
+
+
+def scenario_nonfinite_gradient_is_named(bad_rank):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = make_model("mlp")
+    ddp = DDP(model)
+    x, y, flags = make_data(world, 2, 1)
+    if rank == bad_rank:
+        x = x.copy()
+        x[rank * 2] = np.inf
+    s = slice(rank * 2, rank * 2 + 2)
+    try:
+        _loss(ddp, *_batch("cpu", x[s], y[s], flags[s])).backward()
+    except FloatingPointError as exc:
+        return str(exc)
+    return None

@@ -51,3 +51,70 @@ def test_model_that_differs_across_ranks_errors_on_every_rank():
     messages = run(3, ddp_cases.scenario_model_mismatch)
     for m in messages:
         assert m is not None and "differs from rank 0" in m and "[9, 6]" in m and "[10, 6]" in m, m
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+@pytest.mark.parametrize("divide_by_initial_world_size", [True, False])
+def test_join_on_uneven_inputs_matches_single_process_on_the_remaining_data(world, divide_by_initial_world_size):
+    results = run(world, ddp_cases.scenario_join_uneven_inputs, "sgd", 3, divide_by_initial_world_size)
+    assert all(r["mismatches"] == [] for r in results), results
+
+
+def test_join_with_adam_matches_single_process():
+    results = run(3, ddp_cases.scenario_join_uneven_inputs, "adam")
+    assert all(r["mismatches"] == [] for r in results), results
+
+
+def test_backward_that_raised_before_any_bucket_went_out_leaves_ddp_ready():
+    results = run(2, ddp_cases.scenario_backward_raises_then_trains, "early")
+    for r in results:
+        assert r["error"] is None and r["mismatches"] == [], r
+
+
+def test_backward_that_raised_after_a_bucket_went_out_is_an_error_at_the_next_forward():
+    results = run(2, ddp_cases.scenario_backward_raises_then_trains, "late")
+    for r in results:
+        assert r["error"] is not None and "previous backward pass" in r["error"] and "bucket(s) [0" in r["error"], r
+
+
+@pytest.mark.parametrize("kind, named", [("shape", "buffer 'running' of shape [3]"),
+                                         ("missing", "nothing there"),
+                                         ("requires_grad", "requires_grad=False")])
+def test_buffers_and_requires_grad_that_differ_are_named_on_every_rank(kind, named):
+    messages = run(3, ddp_cases.scenario_buffer_differs, kind)
+    for m in messages:
+        assert m is not None and "differs from rank 0" in m and named in m, m
+
+
+def test_bool_and_int8_buffers_are_copied_from_rank0():
+    results = run(3, ddp_cases.scenario_bool_and_int8_buffers_come_from_rank0)
+    assert results == [([True, False, True], [0, 0, 7])] * 3
+
+
+def test_debug_names_the_rank_and_parameter_whose_gradient_is_not_finite(monkeypatch):
+    monkeypatch.setenv("DDPGRAD_DEBUG", "1")
+    messages = run(3, ddp_cases.scenario_nonfinite_gradient_is_named, 1)
+    for m in messages:
+        assert m is not None and "on rank 1 is not finite" in m and "parameter '" in m, m
+
+
+def test_ranks_out_of_step_are_named_at_the_end_of_backward():
+    import ddpgrad.distributed as dist
+    from ddpgrad.distributed.comm import CollectiveMismatch
+
+    def body():
+        comm = dist.get_comm()
+        model = ddp_cases.make_model("mlp")
+        ddp = ddp_cases.DDP(model)
+        if comm.rank == 1:
+            comm.collectives += 1  # as if this rank had started one more collective than the others
+        x = ddp_cases.ddpgrad.randn(2, ddp_cases.IN, dtype=ddp_cases.ddpgrad.float64)
+        try:
+            ddp(x).sum().backward()
+        except CollectiveMismatch as exc:
+            return str(exc)
+        return None
+
+    messages = run(2, body)
+    for m in messages:
+        assert m is not None and "out of step" in m and "rank 0:" in m and "rank 1:" in m, m

@@ -29,6 +29,7 @@ from ..autograd.engine import queue_callback
 from ..backend import array_module
 from ..tensor import Tensor
 from .algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from .comm import CollectiveMismatch
 
 MIB = 1024 * 1024
 
@@ -45,6 +46,12 @@ READY_GAP_S = 1e-3
 later than the previous one: waiting for it would leave the network idle while backward computes.
 1 ms is about 15 per-message latencies of TCP between nodes and 30 of shared memory, so the
 extra messages cost little; measured on the 784-1024-1024-10 MLP (benchmarks/README.md)."""
+
+
+FINGERPRINT_FIELDS = ("step", "collectives started", "bucket layout")
+FINGERPRINT_MODULUS = 1 << 20
+"""Fingerprint values are taken modulo 2**20, so their squares summed over ranks stay exact in
+int64 for any world size below 2**23."""
 
 
 class Bucket:
@@ -65,7 +72,7 @@ class Reducer:
     """Averages the gradients of ``named_params`` over ``comm`` during backward (see module doc)."""
 
     def __init__(self, named_params, comm, bucket_cap_mb=DEFAULT_BUCKET_CAP_MB,
-                 first_bucket_cap_mb=FIRST_BUCKET_CAP_MB, timeline=None):
+                 first_bucket_cap_mb=FIRST_BUCKET_CAP_MB, timeline=None, check_finite=False):
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be a positive number of MiB, got {bucket_cap_mb!r}")
         self.names = [n for n, p in named_params if p.requires_grad]
@@ -74,6 +81,8 @@ class Reducer:
         self.bucket_cap = int(bucket_cap_mb * MIB)
         self.first_bucket_cap = int(min(first_bucket_cap_mb, bucket_cap_mb) * MIB)
         self.timeline = timeline
+        self.check_finite = check_finite  # DDPGRAD_DEBUG: name the first non-finite local gradient
+        self._first_nonfinite = -1
         self.step = 0
         self.comm_wait_s = 0.0  # time spent at the end of backward waiting for the reductions
         self.sync = True
@@ -93,7 +102,12 @@ class Reducer:
     def set_comm_hook(self, state, hook):
         """Let ``hook(state, bucket)`` communicate each bucket (see ``GradBucket``)."""
         self.comm_hook, self.comm_hook_state = hook, state
-        self._scale = 1.0 / self.comm.size if getattr(hook, "prescaled", False) else None
+        self.set_divisor(self.comm.size)
+
+    def set_divisor(self, ranks):
+        """Average over ``ranks`` contributions (the world size, or the ranks still training
+        inside ``join()``); only a ``prescaled`` hook's buckets are divided by the reducer."""
+        self._scale = 1.0 / ranks if getattr(self.comm_hook, "prescaled", False) else None
 
     # ------------------------------------------------------------------ layout
     def _build(self, order, breaks):
@@ -204,11 +218,15 @@ class Reducer:
         self._used[i] = 1
         if not self._rebuilt:
             self._ready_at[i] = time.perf_counter()
+        if self.check_finite and self._first_nonfinite < 0 and not bool(array_module(view).isfinite(view).all()):
+            self._first_nonfinite = i
         if not sync:
             return
         if not self._in_backward:
             self._in_backward = True
             queue_callback(self._finalize)
+            if self.timeline is not None:
+                self.timeline.begin("backward", "backward (from the first gradient)")
         bucket = self.buckets[self._bucket_of[i]]
         bucket.pending -= 1
         if bucket.pending == 0:
@@ -251,8 +269,12 @@ class Reducer:
             self._oldest += 1
 
     def _finalize(self):
-        """End of backward: launch what is left, wait, mark globally unused parameters."""
+        """End of backward: launch what is left, wait, mark globally unused parameters, and check
+        that every rank is at the same point (``_check_in_step``)."""
         self._in_backward = False
+        timeline = self.timeline
+        if timeline is not None:
+            timeline.end("backward")
         used = self._used
         if not used.all():
             self._zero_unused()
@@ -262,10 +284,9 @@ class Reducer:
         size = self.comm.size
         usage = None
         if size > 1:  # every rank joins: any rank may have a parameter it did not use
-            used = used.copy()
-            usage = self.comm.iallreduce(used, "sum", describe=f"allreduce of parameter usage at step {self.step}")
+            usage = self._usage_message()
+            usage_work = self.comm.iallreduce(usage, "sum", describe=f"allreduce of parameter usage at step {self.step}")
         waiting_since = time.perf_counter()
-        timeline = self.timeline
         if timeline is not None:
             timeline.begin("wait", "wait for reductions")
         for bucket in self.buckets:
@@ -276,7 +297,8 @@ class Reducer:
                 self._retire(bucket)
             bucket.work = None
         if usage is not None:
-            usage.wait()
+            usage_work.wait()
+            used = usage[:len(self.params)]
         if timeline is not None:
             timeline.end("wait")
         self.comm_wait_s += time.perf_counter() - waiting_since
@@ -284,9 +306,72 @@ class Reducer:
             for i in np.flatnonzero(used == 0):
                 self.params[i].grad = None
         self._reset_iteration()
+        if usage is not None:
+            self._check_in_step(usage)
         if not self._rebuilt:
             self._rebuild_from_observed_times()
         self.step += 1
+        if timeline is not None:
+            timeline.begin("after backward", "after backward: optimizer step, loop")
+
+    # ------------------------------------------------------------------ cross-rank checks
+    def _fingerprint(self):
+        """What every rank must agree on at the end of a backward: the step, how many collectives
+        this communicator has started, and the bucket layout (each below 2**20)."""
+        layout = sum((k + 1) * (b.buffer.size % 65521) for k, b in enumerate(self.buckets))
+        return np.array([self.step, self.comm.collectives, layout], dtype=np.int64) % FINGERPRINT_MODULUS
+
+    def _usage_message(self):
+        """The usage allreduce's buffer: which parameters this rank used, its fingerprint ``f``
+        as ``f`` and ``f**2`` (all ranks agree iff size * sum(f**2) == sum(f)**2), and under
+        DDPGRAD_DEBUG the first parameter whose local gradient was not finite, in this rank's slot."""
+        f = self._fingerprint()
+        parts = [self._used, f, f * f]
+        if self.check_finite:
+            slots = np.zeros(self.comm.size, dtype=np.int64)
+            slots[self.comm.rank] = self._first_nonfinite + 1
+            parts.append(slots)
+        return np.concatenate(parts)
+
+    def _check_in_step(self, usage):
+        n, k, size = len(self.params), len(FINGERPRINT_FIELDS), self.comm.size
+        sums, squares = usage[n:n + k], usage[n + k:n + 2 * k]
+        if np.any(size * squares != sums * sums):
+            everyone = self.comm.allgather(self._fingerprint(), describe="allgather of step fingerprints")
+            rows = "; ".join(f"rank {r}: " + ", ".join(f"{name} {v}" for name, v in zip(FINGERPRINT_FIELDS, row))
+                             for r, row in enumerate(everyone.tolist()))
+            raise CollectiveMismatch(
+                f"DistributedDataParallel: the ranks are out of step at the end of backward ({rows}; "
+                f"values modulo {FINGERPRINT_MODULUS}). A rank ran another number of steps or "
+                f"collectives (uneven data: use ddp.join(); a rank-dependent branch, an evaluation "
+                f"all_reduce on some ranks only), so gradients would mix with other data."
+            )
+        if self.check_finite:
+            slots = usage[n + 2 * k:]
+            self._first_nonfinite = -1
+            bad = np.flatnonzero(slots)
+            if bad.size:
+                rank = int(bad[0])
+                raise FloatingPointError(
+                    f"DDPGRAD_DEBUG: at step {self.step} the local gradient of parameter "
+                    f"'{self.names[int(slots[rank]) - 1]}' on rank {rank} is not finite (NaN or "
+                    f"inf){' (and on ranks ' + str(bad[1:].tolist()) + ')' if bad.size > 1 else ''}; "
+                    f"averaging would spread it to every replica. Look at that rank's inputs and "
+                    f"learning rate."
+                )
+
+    # ------------------------------------------------------------------ join
+    def shadow_iteration(self):
+        """A rank out of data (inside ``join()``) takes part in one iteration of the others: zero
+        gradients through the same collectives, in the same order."""
+        if self._in_backward:
+            self._recover()
+        self.sync = True
+        for bucket in self.buckets:
+            bucket.buffer.fill(0)
+        for i, p in enumerate(self.params):
+            p.grad = self._grad_tensors[i]
+        self._finalize()
 
     def _zero_unused(self):
         """Parameters without a gradient this pass contribute zeros; an accumulated gradient

@@ -61,6 +61,34 @@ def test_model_that_differs_across_ranks_errors_on_every_rank():
     assert_all_ranks(message is not None and "differs from rank 0" in message, message)
 
 
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("divide_by_initial_world_size", [True, False])
+def test_join_on_uneven_inputs_matches_single_process_on_the_remaining_data(divide_by_initial_world_size):
+    r = ddp_cases.scenario_join_uneven_inputs("adam", 3, divide_by_initial_world_size)
+    assert_all_ranks(r["mismatches"] == [], r["mismatches"])
+
+
+@pytest.mark.mpi(min_size=2)
+def test_backward_that_raised_is_recovered_or_refused_on_every_rank():
+    early = ddp_cases.scenario_backward_raises_then_trains("early")
+    assert_all_ranks(early["error"] is None and early["mismatches"] == [], early)
+    late = ddp_cases.scenario_backward_raises_then_trains("late")
+    assert_all_ranks(late["error"] is not None and "previous backward pass" in late["error"], late)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("kind", ["shape", "missing", "requires_grad"])
+def test_buffers_and_requires_grad_that_differ_are_named_on_every_rank(kind):
+    message = ddp_cases.scenario_buffer_differs(kind)
+    assert_all_ranks(message is not None and "differs from rank 0" in message, message)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_bool_and_int8_buffers_are_copied_from_rank0():
+    got = ddp_cases.scenario_bool_and_int8_buffers_come_from_rank0()
+    assert_all_ranks(got == ([True, False, True], [0, 0, 7]), got)
+
+
 FAILING_JOB = textwrap.dedent("""
     import ddpgrad, ddpgrad.nn as nn
     import ddpgrad.distributed as dist

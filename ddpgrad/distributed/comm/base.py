@@ -206,6 +206,7 @@ class Communicator:
         self.size = size
         self.timeout = resolve_timeout(timeout)
         self._staging = None
+        self.collectives = 0  # started so far: the same on every rank that is in step
 
     @property
     def reads_device_memory(self) -> bool:
@@ -217,6 +218,7 @@ class Communicator:
         """Start ``start(buf)``, staging a device ``buf`` through the host when needed (always,
         with ``host_only``: the backend computes on it with NumPy); keeps collectives in call
         order on every rank."""
+        self.collectives += 1
         if self.size > 1 and is_cuda_array(buf) and (host_only or not self.reads_device_memory):
             if self._staging is None:
                 self._staging = HostStaging()
@@ -283,6 +285,7 @@ class Communicator:
 
     def ibarrier(self, *, describe: str | None = None) -> Work:
         """Start a barrier: done once every rank has entered it."""
+        self.collectives += 1
         if self._staging is not None:
             self._staging.launch()
         return self._ibarrier(describe or "barrier")
