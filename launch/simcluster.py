@@ -63,6 +63,8 @@ DEFAULT_TIMEOUT_S = 600.0
 LINK_UP_TIMEOUT_S = 5.0
 KILL_GRACE_S = 3.0
 """After a timeout: SIGTERM, this long to exit, then SIGKILL."""
+THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+"""Set by the command line when unset: every simulated node shares this machine's cores."""
 LAUNCHER_ENV_PREFIXES = ("PMI_", "PMIX_", "MPI_", "MPIR_", "HYDRA_", "OMPI_")
 """Variables of an enclosing MPI job: a fresh job must not inherit them."""
 
@@ -182,6 +184,12 @@ def _stale_dirs():
         match = re.match(rf"^{PREFIX}-(\d+)-", entry)
         if match and not _pid_alive(int(match.group(1))):
             yield os.path.join(tmp, entry)
+
+
+def blas_threads_per_rank(ranks: int) -> int:
+    """The machine's usable cores shared out among all ranks of all nodes, at least one each."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // ranks)
 
 
 def find_mpiexec() -> str:
@@ -429,12 +437,19 @@ def main(argv=None):
         rate_bits_per_s(a.rate)
     except ValueError as exc:
         p.error(str(exc))
-    signal.signal(signal.SIGTERM, _interrupt)  # e.g. from timeout(1): clean up as Ctrl-C does
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM e.g. from timeout(1); SIGINT even if inherited ignored
+        signal.signal(sig, _interrupt)
+    env = dict(os.environ)
+    threads = str(blas_threads_per_rank(a.nodes * a.ranks_per_node))
+    for var in THREAD_ENV:
+        env.setdefault(var, threads)
     try:
         with SimCluster(a.nodes, a.rate) as cluster:
-            print(f"[simcluster] {a.nodes} node(s) {', '.join(f'{h}={ip}' for h, ip in zip(cluster.hostnames, cluster.addresses))}"
-                  f", {a.ranks_per_node} rank(s) each, rate {a.rate or 'unlimited'}", file=sys.stderr, flush=True)
-            proc = cluster.run(command, a.ranks_per_node, a.timeout, capture=False, env=os.environ)
+            nodes = ", ".join(f"{h}={ip}" for h, ip in zip(cluster.hostnames, cluster.addresses))
+            print(f"[simcluster] {a.nodes} node(s) {nodes}, {a.ranks_per_node} rank(s) each, rate "
+                  f"{a.rate or 'unlimited'}, BLAS threads per rank {env['OPENBLAS_NUM_THREADS']}",
+                  file=sys.stderr, flush=True)
+            proc = cluster.run(command, a.ranks_per_node, a.timeout, capture=False, env=env)
             return proc.returncode
     except ClusterUnavailable as exc:
         print(exc, file=sys.stderr)

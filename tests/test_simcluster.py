@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -46,6 +47,16 @@ def _report(proc):
 
 def _ours():
     return [ns for ns in sc._namespaces() if ns.startswith(f"{sc.PREFIX}-{os.getpid()}-")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cleanup_on_sigterm():
+    """An outer ``timeout`` sends SIGTERM: unwind (removing the namespaces) instead of dying."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    yield
+    signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +224,7 @@ def test_command_line_runs_the_job_and_passes_its_exit_status_on(job):
     assert out.returncode == 3, _report(out)
     assert sorted(re.findall(r"hello from (\S+)", out.stdout)) == ["simnode0", "simnode1"], out.stdout
     assert "simnode0=10.231.0.1, simnode1=10.231.0.2" in out.stderr
+    assert f"BLAS threads per rank {sc.blas_threads_per_rank(2)}" in out.stderr
 
 
 # ------------------------------------------------------------------------------ the MPI suite
