@@ -14,7 +14,7 @@ From Python (tests, benchmarks)::
     with SimCluster(nodes=2, rate="1gbit") as cluster:
         proc = cluster.run([sys.executable, "job.py"], ranks_per_node=1, timeout=60)
 
-How it works: node ``i`` is the namespace ``ddpsim-<pid>-<i>`` with the interface ``eth1`` at
+How it works: node ``i`` is the namespace ``ddpsim-<pid>-<serial>-<i>`` with the interface ``eth1`` at
 ``10.231.0.<i+1>`` (a private range that exists only inside these namespaces: nothing is routed
 out of them) and the hostname ``simnode<i>`` (MPICH decides which ranks share a node by
 hostname). ``mpiexec`` runs in node 0; Hydra starts its proxies on the other nodes through the
@@ -30,6 +30,7 @@ left behind is removed by the next one (``cleanup_stale``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shlex
@@ -46,7 +47,7 @@ IFACE = "eth1"
 SUBNET = "10.231.0"
 """Node i is SUBNET.(i+1)/24. A private range, assigned only inside this tool's namespaces."""
 PREFIX = "ddpsim"
-"""Namespaces are PREFIX-<pid>-<node> (and PREFIX-<pid>-switch): the pid tells stale from live."""
+"""Namespaces are PREFIX-<pid>-<serial>-<node> (and ...-switch): the pid tells stale from live."""
 HOSTNAME = "simnode{}"
 MAX_NODES = 250
 """Addresses SUBNET.1 .. SUBNET.250 (one /24)."""
@@ -55,7 +56,7 @@ UCX_ENV = {"UCX_TLS": "tcp", "UCX_NET_DEVICES": IFACE}
 (an 8 MB allreduce took 3.2 ms with or without a rate limit); with it, traffic crosses eth1."""
 TBF_BURST_MIN_BYTES = 256 * 1024
 TBF_BURST_WINDOW_S = 0.002
-"""tbf's bucket: at least 256 KiB (what measured well at 1-2 Gb/s) and at least 2 ms of traffic
+"""tbf's bucket: at least 256 KiB (the setting measured at 1 and 2 Gb/s) and at least 2 ms of traffic
 at the rate, so that the timer's granularity does not cap fast links below their rate."""
 TBF_LATENCY = "100ms"
 """How long a packet may queue in tbf before it is dropped: longer than any burst MPI sends."""
@@ -68,6 +69,7 @@ THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 LAUNCHER_ENV_PREFIXES = ("PMI_", "PMIX_", "MPI_", "MPIR_", "HYDRA_", "OMPI_")
 """Variables of an enclosing MPI job: a fresh job must not inherit them."""
 
+_serial = itertools.count()  # clusters made by this process, for unique names
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$")
 _RATE_SCALE = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
 
@@ -228,7 +230,7 @@ class SimCluster:
             raise ValueError(f"nodes must be an integer from 1 to {MAX_NODES}, got {nodes!r}")
         rate_bits_per_s(rate)  # a bad rate fails before anything is made
         self.nodes, self.rate = nodes, rate
-        tag = f"{PREFIX}-{os.getpid()}-{id(self) % 10**6}"
+        tag = f"{PREFIX}-{os.getpid()}-{next(_serial)}"
         self.namespaces = [f"{tag}-{i}" for i in range(nodes)]
         self.switch = f"{tag}-switch" if nodes > 2 else None
         self.addresses = [f"{SUBNET}.{i + 1}" for i in range(nodes)]
