@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py              # or: make bench
     python benchmarks/run_all.py --only step ddp
+    python benchmarks/run_all.py --only network   # 2 simulated nodes (root), see bench_network.py
     python benchmarks/run_all.py --no-readme  # leave benchmarks/README.md alone
 
 Writes ``benchmarks/results/latest.jsonl`` (every line every script printed, tagged with its
@@ -48,6 +49,8 @@ def jobs(args):
         ("profile_single", "profile", [py, script("profile_step.py"), "--what", "single"], {}),
         ("profile_tiny", "profile", [py, script("profile_step.py"), "--what", "tiny", "--inner", "200"], {}),
         ("profile_ddp", "profile", common.mpi_command(script("profile_step.py"), 2, ["--what", "ddp"]), {}),
+        # two simulated nodes (root only; skipped with the reason otherwise); its own table in README.md
+        ("network", "network", [py, script("bench_network.py")] + (["--readme", "no"] if args.no_readme else []), {}),
     ]
     if args.unset_coretype:
         # One extra figure with OpenBLAS picking its kernel itself, labelled as such (never the headline).
@@ -110,6 +113,8 @@ def table(records):
     for r in records:
         if r.get("kind") != "result" or "ratio" not in r:
             continue
+        if r.get("figure") == "network" and "target" not in r:
+            continue  # the informative network ratios are in that figure's own table
         label = r["name"] + (" (OPENBLAS_CORETYPE/L2_SIZE unset)" if r.get("job", "").endswith("coretype_unset") else "")
         shown = details(r)
         if "target" in r:
@@ -157,7 +162,8 @@ def write_readme(text):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", nargs="+", help="job groups or names to run (step overhead ddp sync memory scaling profile)")
+    p.add_argument("--only", nargs="+",
+                   help="job groups or names to run (step overhead ddp sync memory scaling profile network)")
     p.add_argument("--unset-coretype", action="store_true",
                    help="also run the 1-thread step with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (labelled)")
     p.add_argument("--no-readme", action="store_true")
