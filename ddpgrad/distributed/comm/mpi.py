@@ -16,6 +16,7 @@ Across nodes a ``ProgressThread`` keeps collectives moving while the main thread
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 import sys
 import threading
@@ -197,7 +198,11 @@ class _MPIWork(Work):
 class _Sum16Work(_MPIWork):
     """A 16-bit sum without a Python callback inside MPI: an alltoall gives each rank every rank's
     share of one chunk, the rank sums it in NumPy (``sum_rows_16``), and an allgather of the
-    16-bit sums completes the buffer. Same bytes on the wire as a reduce-scatter + allgather."""
+    16-bit sums completes the buffer. Same bytes on the wire as a reduce-scatter + allgather.
+
+    The allgather starts whenever the alltoall is seen complete (by either thread), so it runs on
+    a communicator of its own, and in the order the sums were started (``_gathers``): MPI needs
+    every rank to start a communicator's collectives in one order."""
 
     def __init__(self, comm, describe, buf, op):
         size = comm.size
@@ -208,33 +213,36 @@ class _Sum16Work(_MPIWork):
         if self._padded is not flat:
             self._padded[:flat.size] = flat
         self._rows = np.empty((size, chunk), np.uint16)
-        u16 = comm._types[np.dtype(np.uint16)]
-        self._u16 = u16
+        self._u16 = u16 = comm._types[np.dtype(np.uint16)]
+        self._summed = False
+        self._gather = None
         request = comm.comm.Ialltoall([self._padded, chunk, u16], [self._rows, chunk, u16])
-        self._gathering = False
         super().__init__(comm, "allreduce", describe, request, result=buf)
+        comm._gathers.append(self)
 
     def _poll(self):
-        if not self._request.Test():
-            return False
-        if self._gathering:
-            return True
-        comm, chunk = self.comm, self._chunk
-        mine = self._padded[comm.rank * chunk:(comm.rank + 1) * chunk]
-        sum_rows_16(self._rows, self._op, mine)
-        self._rows = None
-        self._request = comm.comm.Iallgather(self._mpi_in_place(), [self._padded, chunk, self._u16])
-        self._gathering = True
-        return self._request.Test()
+        if self._gather is None:
+            if not self._summed:
+                if not self._request.Test():
+                    return False
+                comm, chunk = self.comm, self._chunk
+                sum_rows_16(self._rows, self._op, self._padded[comm.rank * chunk:(comm.rank + 1) * chunk])
+                self._rows = None
+                self._summed = True
+            self.comm._start_gathers()
+            if self._gather is None:
+                return False
+        return self._gather.Test()
 
-    def _mpi_in_place(self):
-        return self.comm._mpi.IN_PLACE
+    def _start_gather(self):
+        self._gather = self.comm._gather_comm.Iallgather(self.comm._mpi.IN_PLACE,
+                                                         [self._padded, self._chunk, self._u16])
 
     def _finish(self):
         flat = self._buf.reshape(-1).view(np.uint16)
         if self._padded is not flat:
             flat[...] = self._padded[:flat.size]
-        self._padded = None
+        self._padded = self._gather = None
         super()._finish()
 
 
@@ -272,9 +280,18 @@ class MPICommunicator(Communicator):
         self._ops = {name: getattr(MPI, mpi_name) for name, mpi_name in _MPI_OP_NAMES.items()}
         self._types = {dtype: getattr(MPI, mpi_name) for dtype, mpi_name in _MPI_TYPE_NAMES.items()}
         self._cuda_aware = None
+        self._gather_comm = self.comm.Dup()  # the second halves of 16-bit sums (_Sum16Work)
+        self._gathers = collections.deque()
+        self._gathers_lock = threading.Lock()
         self.progress_thread = ProgressThread() if _progress_thread_wanted(MPI, self.comm) else None
         if self.progress_thread is not None:
             atexit.register(self.progress_thread.stop)  # before mpi4py finalizes MPI (atexit is LIFO)
+
+    def _start_gathers(self):
+        """Start the allgathers of 16-bit sums whose own part is summed, oldest first."""
+        with self._gathers_lock:
+            while self._gathers and self._gathers[0]._summed:
+                self._gathers.popleft()._start_gather()
 
     def _tracked(self, work):
         if self.progress_thread is not None:
