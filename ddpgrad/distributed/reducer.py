@@ -249,10 +249,10 @@ class Reducer:
         members = [self.params[i] for i in bucket.members]
         grad_bucket = GradBucket(bucket, self.comm, describe, members, bucket.index == len(self.buckets) - 1,
                                  prescaled=self._scale is not None)
-        bucket.work = _check_hook_work(self.comm_hook(self.comm_hook_state, grad_bucket), self.comm_hook)
         if self.timeline is not None:
             self.timeline.begin(bucket.index, f"bucket {bucket.index} in flight",
                                 {"MiB": round(bucket.buffer.nbytes / MIB, 3), "params": len(members)})
+        bucket.work = _check_hook_work(self.comm_hook(self.comm_hook_state, grad_bucket), self.comm_hook)
 
     def _retire(self, bucket):
         if self.timeline is not None:
