@@ -276,12 +276,13 @@ def table(records):
     rates = list(steps)
     m = machines[0]
     blas = next((p for p in m.get("threadpools", []) if isinstance(p, dict) and p.get("user_api") == "blas"), {})
+    mpi = " ".join(str(m.get("mpi", {}).get("library")).split())
     loads = ", ".join(f"{r.get('rate')}: {r.get('loadavg_1_5_15', ['?'])[0]}" for r in machines)
     lines = [
         f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores; NumPy {m.get('numpy')} with "
         f"{blas.get('internal_api')} {blas.get('version')} (kernel {blas.get('architecture')}, "
         f"{blas.get('num_threads')} thread); PyTorch {m.get('torch', {}).get('version')}; "
-        f"{m.get('mpi', {}).get('library')}; 2 simulated nodes (veth, UCX over TCP, tbf), 1 rank each, "
+        f"{mpi}; 2 simulated nodes (veth, UCX over TCP, tbf), 1 rank each, "
         f"batch {steps[rates[0]].get('batch_per_rank')} per rank; 1-min load average at each rate's start: {loads}; "
         f"recorded {m.get('time')}.",
         "",

@@ -436,7 +436,9 @@ def main(argv=None):
     if not command:
         p.error("give the command every rank runs after --, e.g. -- python examples/train_mlp.py")
     try:
-        rate_bits_per_s(a.rate)
+        cluster = SimCluster(a.nodes, a.rate)
+        if a.ranks_per_node < 1:
+            raise ValueError(f"--ranks-per-node must be at least 1, got {a.ranks_per_node}")
     except ValueError as exc:
         p.error(str(exc))
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM e.g. from timeout(1); SIGINT even if inherited ignored
@@ -446,7 +448,7 @@ def main(argv=None):
     for var in THREAD_ENV:
         env.setdefault(var, threads)
     try:
-        with SimCluster(a.nodes, a.rate) as cluster:
+        with cluster:
             nodes = ", ".join(f"{h}={ip}" for h, ip in zip(cluster.hostnames, cluster.addresses))
             print(f"[simcluster] {a.nodes} node(s) {nodes}, {a.ranks_per_node} rank(s) each, rate "
                   f"{a.rate or 'unlimited'}, BLAS threads per rank {env['OPENBLAS_NUM_THREADS']}",

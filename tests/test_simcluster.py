@@ -94,9 +94,11 @@ def test_a_bad_node_count_is_refused_before_anything_is_made(nodes):
         sc.SimCluster(nodes)
 
 
-def test_command_line_refuses_a_missing_command_and_a_bad_rate():
+def test_command_line_refuses_bad_requests_naming_the_bad_value():
     for args, message in ((["--nodes", "2"], "give the command every rank runs"),
-                          (["--rate", "fast", "--", "true"], "rate must be like 10gbit")):
+                          (["--rate", "fast", "--", "true"], "rate must be like 10gbit, 500mbit or 'unlimited', got 'fast'"),
+                          (["--nodes", "0", "--", "true"], "nodes must be an integer from 1 to 250, got 0"),
+                          (["--ranks-per-node", "0", "--", "true"], "--ranks-per-node must be at least 1, got 0")):
         out = subprocess.run([sys.executable, str(SIMCLUSTER), *args], capture_output=True, text=True, timeout=30)
         assert out.returncode == 2 and message in out.stderr, out.stderr
 
