@@ -124,7 +124,7 @@ def check_options(args, world):
         raise UsageError(f'--device {args.device}: no GPU usable (needs CuPy and a CUDA device: '
                          f'pip install "ddpgrad[gpu]"); use --device cpu')
     if args.plot and importlib.util.find_spec("matplotlib") is None:
-        raise UsageError(f"--plot {args.plot} needs matplotlib: pip install matplotlib (or drop --plot)")
+        raise UsageError(f'--plot {args.plot} needs matplotlib: pip install "ddpgrad[plot]" (or drop --plot)')
 
 
 def check_output_paths(args):
