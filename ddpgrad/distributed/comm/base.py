@@ -314,8 +314,9 @@ class Communicator:
         seq, self.calls = self.calls, self.calls + 1
         if self._fingerprints:
             count, dtype = (0, np.uint8) if buf is None else (buf.size, buf.dtype)
-            mine = pack_fingerprint(kind, count, dtype, seq, param)
-            problem = fingerprint_mismatch(self._iallgather(mine, f"fingerprint of collective #{seq}").wait())
+            check = self._numbered(self._iallgather(pack_fingerprint(kind, count, dtype, seq, param),
+                                                    f"fingerprint of collective #{seq}"), seq)
+            problem = fingerprint_mismatch(check.wait())
             if problem:
                 raise CollectiveMismatch(f"rank {self.rank} of {self.size}: {problem}")
         return seq

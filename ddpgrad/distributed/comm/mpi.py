@@ -1,8 +1,8 @@
 """The MPI backend (mpi4py, imported only here and only when used).
 
-Arrays go to MPI as typed buffers, never as pickled objects. float16 has no standard MPI type:
-broadcast and allgather move its bits as uint16; allreduce sums (or max/min/prod) a float32 copy
-and rounds back once. That costs twice the bytes on the wire for float16 buffers, and buys a more
+Arrays go to MPI as typed buffers, never as pickled objects. broadcast and allgather move any
+dtype as its bytes. float16 has no standard MPI type: allreduce sums (or max/min/prod) a float32
+copy and rounds back once. That costs twice the bytes on the wire for float16 buffers, and buys a more
 accurate sum and no Python callback inside MPI's progress engine.
 
 The 16-bit sums "sum_fp16" and "sum_bf16" (gradient compression) do keep 16 bits on the wire:
@@ -260,6 +260,8 @@ class ExitChannel:
         return None
 
     def at_exit(self):
+        if self._MPI.Is_finalized():  # the script finalized MPI itself: nothing left to say
+            return
         code = _exit_code()
         calls = [c.calls for c in self.communicators][:GOODBYE_MAX_COMMUNICATORS]
         self._goodbye = np.array([self.rank, UNKNOWN_EXIT_CODE if code is None else code, len(calls), *calls],
