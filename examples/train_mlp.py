@@ -60,14 +60,23 @@ class DataError(UsageError):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Raises instead of printing and exiting on each rank, so the error is reported once."""
+    """Raises instead of printing and exiting on each rank, so the error is reported once; prints
+    --help on rank 0 only."""
+
+    def __init__(self, *args, quiet=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.quiet = quiet
+
+    def _print_message(self, message, file=None):
+        if not self.quiet:
+            super()._print_message(message, file)
 
     def error(self, message):
         raise UsageError(message)
 
 
-def parse_args(argv=None):
-    p = _Parser(description=__doc__.splitlines()[0])
+def parse_args(argv=None, quiet=False):
+    p = _Parser(description=__doc__.splitlines()[0], quiet=quiet)
     p.add_argument("--data", metavar="FILE.npz", help="your own data: arrays X (n, features) and y (n,) of class labels")
     p.add_argument("--synthetic", type=int, metavar="N", help="a generated data set of N samples instead")
     p.add_argument("--epochs", type=int, default=20)
@@ -330,7 +339,7 @@ def main(argv=None):
     setup_logging(rank)
 
     def options():
-        parsed = parse_args(argv)
+        parsed = parse_args(argv, quiet=rank != 0)
         check_options(parsed, world)
         if rank == 0:
             check_output_paths(parsed)

@@ -540,3 +540,10 @@ def test_a_checkpoint_resumed_on_another_world_size_says_so_in_one_line(tmp_path
     a, b = ddpgrad.load(tmp_path / "A" / "last.npz")["history"], ddpgrad.load(tmp_path / "B" / "last.npz")["history"]
     for x, y in zip(a, b):  # the same global batches: the same path, to rounding
         assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4), (x, y)
+
+
+@needs_mpi
+def test_help_is_printed_once_on_four_ranks():
+    proc = run_example(["--help"], ranks=4)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("usage:") == 1 and "--synthetic N" in proc.stdout, proc.stdout
