@@ -2,15 +2,22 @@
 
 A checkpoint is one ``.npz`` file: every array is an entry of its own, and the nesting (dicts,
 lists, numbers, strings, which entry is a tensor) is JSON in the entry ``__ddpgrad__``. Loading
-uses ``numpy.load(allow_pickle=False)``, so a file holding pickled objects is refused. Saving to a
-path is atomic: a temporary file in the same directory, fsync, rename.
+uses ``numpy.load(allow_pickle=False)``, so a file holding pickled objects is refused, and first
+checks every size the file declares against the bytes it holds, so a hostile file gets a
+``CheckpointError`` before any large allocation. Saving to a path is atomic: a temporary file in
+the same directory, fsync, rename; temporary files left by a killed save are removed later.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import re
 import secrets
+import socket
+import time
 import zipfile
 
 import numpy as np
@@ -21,6 +28,20 @@ from .tensor import Tensor
 FORMAT = "ddpgrad-checkpoint"
 VERSION = 1
 META_KEY = "__ddpgrad__"
+
+MAX_NESTING = 100
+"""Containers inside containers a checkpoint may hold: far deeper than any state dict, far below
+Python's recursion limit (a hostile file nested 5000 deep must not exhaust it)."""
+
+DEFLATE_MAX_RATIO = 1032
+"""The most a deflated zip member can expand (deflate's limit): a member declaring more is lying."""
+
+STALE_TEMPORARY_S = 24 * 3600
+"""A temporary file of another host (whose writer this host can not ask about) is stale once it
+has not been written for a day: no save takes that long without writing."""
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 class CheckpointError(ValueError):
@@ -41,6 +62,7 @@ def save(obj, f):
         return
     path = os.fspath(f)
     directory = os.path.dirname(os.path.abspath(path))
+    remove_stale_temporaries(path)
     fd, tmp = _create_temporary(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as out:
@@ -62,7 +84,24 @@ def load(f, map_location=None, weights_only=True):
     with pickled objects raises ``CheckpointError``.
     """
     name = os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", "<stream>")
+    if isinstance(f, (str, os.PathLike)):
+        remove_stale_temporaries(f)
+        try:
+            stream = open(f, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise CheckpointError(f"{name} is not a readable ddpgrad checkpoint: {exc}") from None
+        with stream:
+            return _load_stream(stream, name, map_location)
+    if not (hasattr(f, "seekable") and f.seekable()):
+        f = io.BytesIO(f.read())
+    return _load_stream(f, name, map_location)
+
+
+def _load_stream(f, name, map_location):
     try:
+        _check_declared_sizes(f, name)
         loaded = np.load(f, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise CheckpointError(
@@ -81,12 +120,17 @@ def load(f, map_location=None, weights_only=True):
                     f"{name} is an .npz file but not a ddpgrad checkpoint (no {META_KEY} entry)"
                 )
             meta = json.loads(npz[META_KEY].tobytes().decode())
+            _check_meta(meta, name)
             arrays = {k: npz[k] for k in npz.files if k != META_KEY}
             odd = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
             if odd:
                 raise CheckpointError(f"{name} is a damaged ddpgrad checkpoint: entries {odd} are not NumPy arrays")
     except CheckpointError:
         raise
+    except RecursionError:
+        raise CheckpointError(f"{name} is a damaged ddpgrad checkpoint: its metadata is nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{name} is a damaged ddpgrad checkpoint: metadata is not UTF-8 ({exc})") from None
     except ValueError as exc:
         text = str(exc).lower()
         if "object arrays" in text:
@@ -103,25 +147,88 @@ def load(f, map_location=None, weights_only=True):
                 f"ddpgrad.save)."
             ) from None
         raise CheckpointError(f"{name} is not a ddpgrad checkpoint: {exc}") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, MemoryError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise CheckpointError(f"{name} is not a readable ddpgrad checkpoint: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{name} is not a ddpgrad checkpoint (format {found!r})")
-    if meta.get("version", 0) > VERSION:
-        raise CheckpointError(
-            f"{name} was written by a newer ddpgrad (format version {meta['version']}); upgrade ddpgrad"
-        )
+        raise CheckpointError(f"{name} is not a readable ddpgrad checkpoint: {type(exc).__name__}: {exc}") from None
     device = backend.as_device(map_location) if map_location is not None else backend.CPU
     try:
-        return _decode(meta["root"], arrays, device)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        return _decode(meta["root"], arrays, device, 0)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as exc:
         raise CheckpointError(f"{name} is a damaged ddpgrad checkpoint: {type(exc).__name__}: {exc}") from None
 
 
-def _encode(obj, arrays, where):
+def _check_meta(meta, name):
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{name} is not a ddpgrad checkpoint (format {found!r})")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{name} is a damaged ddpgrad checkpoint: format version {version!r} is not a "
+                              f"positive integer")
+    if version > VERSION:
+        raise CheckpointError(f"{name} was written by a newer ddpgrad (format version {version}); upgrade ddpgrad")
+    if "root" not in meta:
+        raise CheckpointError(f"{name} is a damaged ddpgrad checkpoint: its metadata has no root entry")
+
+
+def _check_declared_sizes(f, name):
+    """Refuse a file whose zip members or array headers declare more bytes than it holds, before
+    numpy allocates what they declare. Leaves ``f`` at its start."""
+    start = f.tell()
+    head = f.read(len(_NPY_MAGIC))
+    f.seek(start)
+    if head.startswith(_NPY_MAGIC):
+        raise CheckpointError(
+            f"{name} is a single NumPy array (.npy), not a ddpgrad checkpoint: read it with "
+            f"numpy.load, or write checkpoints with ddpgrad.save"
+        )
+    if not head.startswith(_ZIP_MAGIC):
+        return  # numpy.load says what it is (a pickle, garbage)
+    f.seek(0, os.SEEK_END)
+    file_size = f.tell() - start
+    f.seek(start)
+    with zipfile.ZipFile(f) as archive:
+        for info in archive.infolist():
+            _check_member(archive, info, file_size, name)
+    f.seek(start)
+
+
+def _check_member(archive, info, file_size, name):
+    def damaged(why):
+        return CheckpointError(f"{name} is a damaged ddpgrad checkpoint: entry {info.filename!r} {why}")
+
+    if info.header_offset + info.compress_size > file_size:
+        raise damaged(f"declares {info.compress_size} bytes, more than the {file_size}-byte file holds")
+    limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else DEFLATE_MAX_RATIO)
+    if info.file_size > limit:
+        raise damaged(f"declares {info.file_size} bytes from {info.compress_size} stored")
+    if not info.filename.endswith(".npy"):
+        return
+    with archive.open(info) as member:
+        if member.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            return  # numpy.load gives its raw bytes: refused below as "not NumPy arrays"
+        member.seek(0)
+        try:
+            version = np.lib.format.read_magic(member)
+            if version not in ((1, 0), (2, 0), (3, 0)):  # 3.0 differs from 2.0 in field-name encoding only
+                raise ValueError(f"unknown .npy format version {version}")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(member)
+        except Exception as exc:  # noqa: BLE001 - numpy parses the header; any failure means damaged
+            raise damaged(f"has no readable array header ({type(exc).__name__}: {exc})") from None
+        header_bytes = member.tell()
+    if dtype.hasobject:
+        return  # numpy.load refuses it, with the message about pickles
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > info.file_size - header_bytes:
+        raise damaged(f"declares a {dtype} array of shape {shape} ({declared} bytes) but holds "
+                      f"{info.file_size - header_bytes} bytes of data")
+
+
+def _encode(obj, arrays, where, depth=0):
+    if depth > MAX_NESTING:
+        raise ValueError(f"{where}: containers nested more than {MAX_NESTING} deep can not be saved")
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return {"t": "value", "v": obj}
     if isinstance(obj, (np.bool_, np.integer, np.floating)):
@@ -143,18 +250,20 @@ def _encode(obj, arrays, where):
         for k, v in obj.items():
             if not isinstance(k, (str, int)) or isinstance(k, bool):
                 raise TypeError(f"{where}: dict keys must be str or int to be saved, got {k!r}")
-            items.append([k, _encode(v, arrays, f"{where}[{k!r}]")])
+            items.append([k, _encode(v, arrays, f"{where}[{k!r}]", depth + 1)])
         return {"t": "dict", "items": items}
     if isinstance(obj, (list, tuple)):
         kind = "list" if isinstance(obj, list) else "tuple"
-        return {"t": kind, "items": [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]}
+        return {"t": kind, "items": [_encode(v, arrays, f"{where}[{i}]", depth + 1) for i, v in enumerate(obj)]}
     raise TypeError(
         f"{where}: can't save an object of type {type(obj).__name__}; checkpoints hold tensors, "
         f"arrays, numbers, strings, None and dicts/lists/tuples of them"
     )
 
 
-def _decode(node, arrays, device):
+def _decode(node, arrays, device, depth):
+    if depth > MAX_NESTING:
+        raise ValueError(f"containers nested more than {MAX_NESTING} deep")
     kind = node["t"]
     if kind == "value":
         return node["v"]
@@ -168,11 +277,65 @@ def _decode(node, arrays, device):
     if kind == "dtype":
         return np.dtype(node["v"])
     if kind == "dict":
-        return {k: _decode(v, arrays, device) for k, v in node["items"]}
+        return {k: _decode(v, arrays, device, depth + 1) for k, v in node["items"]}
     if kind in ("list", "tuple"):
-        items = [_decode(v, arrays, device) for v in node["items"]]
+        items = [_decode(v, arrays, device, depth + 1) for v in node["items"]]
         return items if kind == "list" else tuple(items)
     raise CheckpointError(f"unknown entry kind {kind!r} in checkpoint")
+
+
+def _host_tag():
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+
+
+def _temporary_pattern(base):
+    """Names of ``base``'s temporary files: ``.BASE.HOST.PID.TOKEN.tmp`` (older ones: no host, pid)."""
+    return re.compile(rf"^\.{re.escape(base)}\.(?:(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.)?[0-9a-f]{{12}}\.tmp$")
+
+
+def remove_stale_temporaries(path) -> list:
+    """Remove the temporary files a killed save of ``path`` left behind; return their names.
+
+    Only this checkpoint's: a file of this host is stale when the process that wrote it is gone,
+    one of another host when it has not changed for ``STALE_TEMPORARY_S``. A save in progress
+    elsewhere keeps its file.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = _temporary_pattern(os.path.basename(path))
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed, host, now = [], _host_tag(), time.time()
+    for entry in names:
+        match = pattern.match(entry)
+        if match is None:
+            continue
+        full = os.path.join(directory, entry)
+        try:
+            if match["host"] == host:
+                stale = not _process_alive(int(match["pid"]))
+            else:
+                stale = now - os.stat(full).st_mtime > STALE_TEMPORARY_S
+            if stale:
+                os.unlink(full)
+                removed.append(entry)
+        except OSError:  # gone already, or not ours to remove
+            continue
+    return removed
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _create_temporary(directory, base):
@@ -180,7 +343,7 @@ def _create_temporary(directory, base):
     umask applies; ``tempfile.mkstemp`` would make it private to its owner)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(directory, f".{base}.{_host_tag()}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:

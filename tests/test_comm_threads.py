@@ -112,6 +112,8 @@ def test_work_describe_appears_in_timeout_message():
             work = comm().iallreduce(np.zeros(4, np.float32))
             work.describe = "allreduce of bucket 3 at step 17"
             work.wait(timeout=0.1)
+        else:
+            time.sleep(0.5)  # alive but late: a timeout, not a rank that left
 
     with pytest.raises(RankFailed) as info:
         run(body, 2)
@@ -213,20 +215,150 @@ def test_a_rank_raising_fails_launch_promptly_without_hanging_the_others():
     assert isinstance(info.value.__cause__, ValueError)
 
 
-def test_a_rank_skipping_a_collective_times_out_with_an_actionable_message():
+def test_a_rank_late_for_a_collective_times_out_with_an_actionable_message():
     def body():
         if comm().rank == 1:
             comm().allreduce(np.zeros(5, np.float32))
+        else:
+            time.sleep(1.0)  # busy elsewhere, still alive
 
     start = time.monotonic()
     with pytest.raises(RankFailed, match="rank 1 of 2") as info:
         launch_threads(body, 2, timeout=0.5)
     elapsed = time.monotonic() - start
-    assert 0.5 <= elapsed < 2.0
+    assert 0.5 <= elapsed < 2.5
     exc = info.value.__cause__
     assert isinstance(exc, CollectiveTimeout)
     for text in ("rank 1 of 2", "allreduce", "same order", "DDPGRAD_TIMEOUT", "0.5 s"):
         assert text in str(exc)
+
+
+@pytest.mark.parametrize("already_waiting", [False, True], ids=["returns_first", "returns_while_others_wait"])
+def test_a_rank_returning_early_fails_the_waiting_ranks_at_once(already_waiting):
+    seen = {}
+
+    def body():
+        rank = comm().rank
+        comm().allreduce(np.ones(2))
+        if rank == 1:
+            if already_waiting:
+                time.sleep(0.2)
+            return "left"
+        if not already_waiting:
+            time.sleep(0.2)
+        try:
+            comm().allreduce(np.ones(3))
+        except RankFailed as exc:
+            seen[rank] = exc
+            raise
+
+    start = time.monotonic()
+    with pytest.raises(RankFailed, match="rank 1 of 3 returned after 1 collective") as info:
+        launch_threads(body, 3, timeout=60)
+    assert time.monotonic() - start < 2.0  # not the 60 s deadline
+    assert info.value.rank == 1
+    assert sorted(seen) == [0, 2]
+    for rank, exc in seen.items():
+        assert exc.rank == 1 and f"rank {rank}: allreduce #1" in str(exc), exc
+
+
+def test_a_rank_raising_gives_the_waiting_ranks_rank_failed_naming_it():
+    seen = {}
+
+    def body():
+        if comm().rank == 2:
+            time.sleep(0.1)
+            raise KeyError("deliberate")
+        try:
+            comm().barrier()
+        except RankFailed as exc:
+            seen[comm().rank] = exc
+
+    with pytest.raises(RankFailed, match="rank 2 of 3 raised KeyError"):
+        launch_threads(body, 3, timeout=60)
+    assert sorted(seen) == [0, 1]
+    assert all(exc.rank == 2 and "barrier" in str(exc) for exc in seen.values())
+
+
+def test_ranks_returning_at_different_times_after_the_same_calls_are_fine():
+    def body():
+        rank = comm().rank
+        work = comm().iallreduce(np.full(3, float(rank)))
+        if rank == 0:
+            return "started, never waited"  # it joined call #0, so the others can finish it
+        time.sleep(0.1 * rank)
+        return work.wait().tolist()
+
+    assert launch_threads(body, 3, timeout=10) == ["started, never waited", [3.0] * 3, [3.0] * 3]
+
+
+BYTE_DTYPES = (np.bool_, np.int8, np.int16, np.uint32, np.complex128, np.dtype("datetime64[s]"),
+               np.dtype([("a", np.int8), ("b", np.float32)]))
+
+
+@pytest.mark.parametrize("dtype", BYTE_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_broadcast_and_allgather_move_any_dtype_by_its_bytes(dtype):
+    def values(rank):
+        raw = np.arange(7, dtype=np.uint8) * 37 + rank  # the bytes of 7 elements differ per rank
+        return np.resize(raw, 7 * np.dtype(dtype).itemsize).view(dtype)
+
+    def body():
+        rank = comm().rank
+        buf = values(rank).copy()
+        comm().broadcast(buf, root=1)
+        return buf, comm().allgather(values(rank))
+
+    for buf, gathered in run(body, 3):
+        assert buf.dtype == np.dtype(dtype) and buf.tobytes() == values(1).tobytes()
+        assert gathered.shape == (3, 7)
+        for rank in range(3):
+            assert gathered[rank].tobytes() == values(rank).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.complex64])
+def test_allreduce_refuses_dtypes_it_can_not_reduce(dtype):
+    with pytest.raises(TypeError, match=f"allreduce does not support dtype {np.dtype(dtype)}"):
+        LocalCommunicator().allreduce(np.zeros(2, dtype))
+
+
+def test_object_arrays_are_refused_by_every_collective():
+    buf = np.array([1, "x"], dtype=object)
+    for call in (LocalCommunicator().broadcast, LocalCommunicator().allgather):
+        with pytest.raises(TypeError, match="Python objects"):
+            call(buf)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints (the DDPGRAD_DEBUG=1 check on MPI, and the reducer's per-step check).
+
+
+def test_equal_fingerprints_agree_and_any_difference_is_named():
+    from ddpgrad.distributed.comm.base import fingerprint_mismatch, pack_fingerprint
+
+    same = [pack_fingerprint("allreduce", 5, np.float32, 7, "sum") for _ in range(4)]
+    assert fingerprint_mismatch(same) is None
+    cases = {
+        "count": (pack_fingerprint("allreduce", 3, np.float32, 7, "sum"), "rank 0 called #7 allreduce(sum) of 3 x float32"),
+        "dtype": (pack_fingerprint("allreduce", 5, np.float64, 7, "sum"), "rank 0 called #7 allreduce(sum) of 5 x float64"),
+        "kind": (pack_fingerprint("broadcast", 5, np.float32, 7, 2), "rank 0 called #7 broadcast(root=2) of 5 x float32"),
+        "op": (pack_fingerprint("allreduce", 5, np.float32, 7, "max"), "rank 0 called #7 allreduce(max)"),
+        "sequence": (pack_fingerprint("allreduce", 5, np.float32, 8, "sum"), "rank 0 called #8 allreduce(sum)"),
+        "barrier": (pack_fingerprint("barrier", 0, np.uint8, 7), "rank 0 called #7 barrier;"),
+    }
+    for name, (odd, text) in cases.items():
+        message = fingerprint_mismatch([odd, *same[1:]])
+        assert message is not None and text in message, (name, message)
+        assert "ranks 1, 2, 3 called #7 allreduce(sum) of 5 x float32" in message, (name, message)
+
+
+def test_dtype_codes_tell_every_dtype_apart():
+    from ddpgrad.distributed.comm.base import dtype_code
+
+    dtypes = [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.float16, np.int32, np.uint32,
+              np.float32, np.int64, np.uint64, np.float64, np.complex64, np.complex128]
+    codes = [dtype_code(d) for d in dtypes]
+    assert len(set(codes)) == len(codes)
+    assert dtype_code(np.dtype("<f4")) == dtype_code(np.dtype(">f4").newbyteorder())  # kind and size only
 
 
 def test_launch_returns_results_by_rank_and_passes_arguments():

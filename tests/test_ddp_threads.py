@@ -107,7 +107,7 @@ def test_ranks_out_of_step_are_named_at_the_end_of_backward():
         model = ddp_cases.make_model("mlp")
         ddp = ddp_cases.DDP(model)
         if comm.rank == 1:
-            comm.collectives += 1  # as if this rank had started one more collective than the others
+            ddp.reducer.step += 1  # as if this rank had trained one more step than the others
         x = ddp_cases.ddpgrad.randn(2, ddp_cases.IN, dtype=ddp_cases.ddpgrad.float64)
         try:
             ddp(x).sum().backward()
@@ -117,4 +117,4 @@ def test_ranks_out_of_step_are_named_at_the_end_of_backward():
 
     messages = run(2, body)
     for m in messages:
-        assert m is not None and "out of step" in m and "rank 0:" in m and "rank 1:" in m, m
+        assert m is not None and "out of step" in m and "rank 0: step 0" in m and "rank 1: step 1" in m, m

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ MPI_PREFIXES = ("PMI_", "PMIX_", "MPI_", "MPIR_", "HYDRA_", "OMPI_")
 
 SUMMARY_FIELDS = ["world_size", "global_batch", "epochs", "wall_s", "samples_per_s", "ms_per_step",
                   "comm_wait_share", "val_acc"]
-METRIC_FIELDS = {"epoch", "train_loss", "val_loss", "val_acc", "epoch_s", "comm_wait_s"}
+METRIC_FIELDS = {"run_id", "epoch", "train_loss", "val_loss", "val_acc", "epoch_s", "comm_wait_s"}
 
 # Short runs on the digits: a larger learning rate than the default reaches >90% in 5 epochs.
 EPOCHS = 5
@@ -119,9 +120,45 @@ def test_only_rank_0_logs(example_runs, ranks):
     assert lines and all(line.startswith(("[rank 0] ", "summary: ")) for line in lines), proc.stdout
     assert sum(line.startswith("[rank 0] epoch") for line in lines) == EPOCHS
     assert not re.search(r"\[rank [1-9]", proc.stdout + proc.stderr)
+    assert "%|" not in proc.stderr, "a progress bar was written to a pipe"
+
+
+def test_progress_bar_is_drawn_on_a_terminal_only():
     pytest.importorskip("tqdm", reason="the progress bar needs tqdm")
-    # Every progress bar starts by drawing "0%" once: once per epoch, from one rank only.
-    assert len(re.findall(rf"epoch \d+/{EPOCHS}:\s+0%", proc.stderr)) == EPOCHS, proc.stderr
+    import pty
+    import threading
+
+    import fcntl
+    import struct
+    import termios
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # as a terminal window has
+    drawn = []
+
+    def read_terminal():
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the process ended and its end of the terminal is closed
+                return
+            if not chunk:
+                return
+            drawn.append(chunk)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run([sys.executable, str(EXAMPLE), "--synthetic", "600", "--epochs", "2"], cwd=ROOT,
+                              env=_env(), stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=TIMEOUT_S)
+    finally:
+        os.close(terminal)
+        reader.join(timeout=10)
+        os.close(controller)
+    text = b"".join(drawn)
+    assert proc.returncode == 0, text
+    # Every progress bar starts by drawing "0%" once: once per epoch.
+    assert len(re.findall(rb"epoch \d+/2:\s+0%", text)) == 2, text
 
 
 @needs_mpi
@@ -239,7 +276,7 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, case):
     for proc in runs:
         assert proc.returncode == 0, proc.stderr
     assert "stopping after epoch 3" in runs[0].stdout
-    assert "resumed from" in runs[1].stdout and "after epoch 2" in runs[1].stdout
+    assert "resumed from" in runs[1].stdout and "after epoch 3\n" in runs[1].stdout
 
     resumed, straight = ddpgrad.load(tmp_path / "A" / "last.npz"), ddpgrad.load(tmp_path / "B" / "last.npz")
     assert resumed["epoch"] == straight["epoch"] == 5
@@ -248,7 +285,7 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, case):
         assert np.array_equal(resumed["model"][name].numpy(), straight["model"][name].numpy()), name
     _assert_trees_bitwise_equal(resumed["optimizer"], straight["optimizer"], "optimizer")
     _assert_trees_bitwise_equal(resumed["rng"], straight["rng"], "rng")
-    timing = ("epoch_s", "comm_wait_s")
+    timing = ("epoch_s", "comm_wait_s", "run_id")  # run ids differ: two runs
     strip = [[{k: v for k, v in h.items() if k not in timing} for h in c["history"]] for c in (resumed, straight)]
     assert strip[0] == strip[1]
     assert summary(runs[1].stdout)["val_acc"] == summary(runs[2].stdout)["val_acc"]
@@ -298,3 +335,215 @@ def test_quickstart_is_a_pytorch_script_with_two_import_lines_changed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     losses = _quickstart_losses(proc.stdout)
     assert len(losses) == 10 and losses[-1] < losses[0]
+
+
+# ---------------------------------------------------------------------------------- input checks
+def run_without(modules, args, ranks=None):
+    """Run the example as if ``modules`` were not installed (importing them fails)."""
+    wrapper = ("import runpy, sys\n"
+               f"for name in {list(modules)!r}:\n    sys.modules[name] = None\n"
+               f"sys.argv = [{str(EXAMPLE)!r}, *sys.argv[1:]]\n"
+               f"runpy.run_path({str(EXAMPLE)!r}, run_name='__main__')\n")
+    launcher = [] if ranks is None else [MPIEXEC, "-n", str(ranks)]
+    return subprocess.run([*launcher, sys.executable, "-c", wrapper, *map(str, args)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def assert_refused(proc, message):
+    """Non-zero exit, one error line (printed once), no traceback, no training."""
+    assert proc.returncode != 0, (proc.stdout, proc.stderr)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "Abort" not in proc.stderr, proc.stderr
+    assert "epoch" not in proc.stdout and "summary:" not in proc.stdout, proc.stdout
+
+
+BAD_OPTIONS = {
+    "epochs_0": (["--epochs", "0"], "--epochs 0: must be at least 1"),
+    "epochs_negative": (["--epochs", "-1"], "--epochs -1: must be at least 1"),
+    "lr_nan": (["--lr", "nan"], "--lr nan: must be a positive finite number"),
+    "lr_negative": (["--lr", "-1"], "--lr -1.0: must be a positive finite number"),
+    "lr_infinite": (["--lr", "inf"], "--lr inf: must be a positive finite number"),
+    "lr_not_a_number": (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    "batch_size_0": (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    "hidden_0": (["--hidden", "128", "0"], "--hidden 0: every hidden layer needs at least 1 unit"),
+    "synthetic_0": (["--synthetic", "0"], "--synthetic 0: need at least 2 samples"),
+    "data_and_synthetic": (["--data", "x.npz", "--synthetic", "100"], "--data and --synthetic both given"),
+    "val_fraction_1": (["--val-fraction", "1"], "--val-fraction 1.0: must be between 0 and 1"),
+    "stop_after_0": (["--stop-after", "0"], "--stop-after 0: must be at least 1"),
+    "resume_without_dir": (["--resume"], "--resume needs --checkpoint-dir"),
+    "unknown_device": (["--device", "tpu"], "--device tpu: unknown device 'tpu'"),
+    "unknown_option": (["--learning-rate", "3"], "unrecognized arguments: --learning-rate 3"),
+    "metrics_in_missing_directory": (["--metrics", "no/such/dir/metrics.jsonl"], "directory"),
+    "too_few_samples_for_a_batch": (["--synthetic", "50"], "40 training samples are fewer than one global batch of 64"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_bad_options_are_refused_before_training(case):
+    args, message = BAD_OPTIONS[case]
+    assert_refused(run_example([*args, "--quiet"]), message)
+
+
+def test_checkpoint_dir_that_is_a_file_is_refused_before_training(tmp_path):
+    (tmp_path / "ckpt").write_text("not a directory")
+    proc = run_example(["--checkpoint-dir", tmp_path / "ckpt" / "run1", "--quiet"])
+    assert_refused(proc, f"--checkpoint-dir {tmp_path / 'ckpt' / 'run1'}: {tmp_path / 'ckpt'} is a file")
+
+
+def test_labels_far_beyond_the_sample_count_are_refused(tmp_path):
+    path = _write(tmp_path / "data.npz", X=X_GOOD, y=np.where(np.arange(300) == 5, 10**9, Y_GOOD))
+    assert_refused(run_example(["--data", path, "--quiet"]), "labels go up to 1000000000 for 300 samples")
+
+
+def test_a_single_class_is_refused(tmp_path):
+    path = _write(tmp_path / "data.npz", X=X_GOOD, y=np.full(300, 2))
+    assert_refused(run_example(["--data", path, "--quiet"]), "every label is 2; a classifier needs at least 2 classes")
+
+
+def test_plot_without_matplotlib_is_refused_before_training(tmp_path):
+    proc = run_without(["matplotlib"], ["--plot", tmp_path / "curves.png", "--quiet"])
+    assert_refused(proc, "--plot")
+    assert "needs matplotlib" in proc.stderr
+
+
+def test_cuda_without_cupy_is_refused_once_on_every_rank():
+    proc = run_without(["cupy"], ["--device", "cuda", "--quiet"], ranks=4 if MPIEXEC else None)
+    assert_refused(proc, '--device cuda: no GPU usable (needs CuPy and a CUDA device: pip install "ddpgrad[gpu]")')
+
+
+def test_default_data_missing_is_refused(tmp_path):
+    shutil.copy(EXAMPLE, tmp_path / "train_mlp.py")  # a copy without examples/data beside it
+    proc = run_example(["--quiet"], script=tmp_path / "train_mlp.py")
+    assert_refused(proc, "digits.npz is missing")
+
+
+@needs_mpi
+def test_a_bad_option_on_four_ranks_ends_every_rank_with_one_message():
+    start = time.monotonic()
+    proc = run_example(["--epochs", "0", "--quiet"], ranks=4)
+    assert_refused(proc, "--epochs 0: must be at least 1")
+    assert time.monotonic() - start < 30
+
+
+def run_mpmd(parts):
+    """One MPI job whose ranks run the example with different arguments: ``[(ranks, args), ...]``,
+    the way a file present on some nodes' local disks only looks to the job."""
+    command = [MPIEXEC]
+    for i, (ranks, args) in enumerate(parts):
+        command += ([":"] if i else []) + ["-n", str(ranks), sys.executable, str(EXAMPLE), *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+@needs_mpi
+@pytest.mark.parametrize("missing_on", ["rank_0", "rank_3"])
+def test_a_data_file_missing_on_some_ranks_ends_every_rank_naming_them(tmp_path, missing_on):
+    present = _write(tmp_path / "data.npz", X=X_GOOD, y=Y_GOOD)
+    absent = tmp_path / "elsewhere" / "data.npz"
+    common = ["--batch-size", "32", "--epochs", "1", "--quiet"]
+    parts = [(1, ["--data", absent, *common]), (3, ["--data", present, *common])]
+    if missing_on == "rank_3":
+        parts = [(3, ["--data", present, *common]), (1, ["--data", absent, *common])]
+    start = time.monotonic()
+    proc = run_mpmd(parts)
+    assert_refused(proc, f"--data {absent}: no such file (on rank(s) {missing_on[-1]})")
+    assert time.monotonic() - start < 30
+
+
+@needs_mpi
+def test_a_checkpoint_missing_on_some_ranks_ends_every_rank_naming_them(tmp_path):
+    common = ["--synthetic", "300", "--epochs", "2", "--quiet"]
+    first = run_example([*common, "--stop-after", "1", "--checkpoint-dir", tmp_path / "A"], ranks=2)
+    assert first.returncode == 0, first.stderr
+    proc = run_mpmd([(1, [*common, "--resume", "--checkpoint-dir", tmp_path / "A"]),
+                     (1, [*common, "--resume", "--checkpoint-dir", tmp_path / "B"])])
+    assert_refused(proc, f"--resume needs an existing checkpoint; {tmp_path / 'B' / 'last.npz'} not found (on rank(s) 1)")
+
+
+# ---------------------------------------------------------------------------------- the example's defaults
+def test_the_shipped_digits_are_scikit_learns():
+    with np.load(ROOT / "examples" / "data" / "digits.npz", allow_pickle=False) as f:
+        X, y = f["X"], f["y"]
+    # Facts of the UCI set scikit-learn ships: 1797 images of 8x8 pixels 0..16, these class sizes.
+    assert X.shape == (1797, 64) and y.shape == (1797,) and X.min() == 0 and X.max() == 16
+    assert np.bincount(y).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    datasets = pytest.importorskip("sklearn.datasets", reason="compared with scikit-learn where installed")
+    digits = datasets.load_digits()
+    np.testing.assert_array_equal(X.astype(np.float64), digits.data)
+    np.testing.assert_array_equal(y, digits.target)
+    np.testing.assert_array_equal((X / 16.0).astype(np.float32), (digits.data / 16.0).astype(np.float32))
+
+
+def test_the_examples_extra_does_not_need_scikit_learn():
+    text = (ROOT / "pyproject.toml").read_text()
+    examples = re.search(r"^examples = \[(.*)\]$", text, re.M)
+    assert examples and "scikit-learn" not in examples.group(1)
+    assert "sklearn" not in EXAMPLE.read_text().split('"""', 2)[2]  # the code never imports it
+
+
+@pytest.mark.parametrize("optimizer,lr", [("adam", "0.001"), ("sgd", "0.1")])
+def test_each_optimizer_gets_its_own_default_learning_rate(optimizer, lr):
+    proc = run_example(["--synthetic", "600", "--epochs", "3", "--optimizer", optimizer, "--quiet"])
+    assert proc.returncode == 0, proc.stderr
+    assert f", {optimizer} lr {lr}\n" in proc.stdout, proc.stdout
+    assert summary(proc.stdout)["val_acc"] >= 0.9
+
+
+def test_every_run_appends_its_own_run_id_and_a_resumed_run_keeps_it(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    common = ["--synthetic", "300", "--epochs", "3", "--quiet", "--metrics", metrics]
+    for args in ([], ["--stop-after", "2", "--checkpoint-dir", tmp_path / "A"],
+                 ["--resume", "--checkpoint-dir", tmp_path / "A"]):
+        proc = run_example([*common, *args])
+        assert proc.returncode == 0, proc.stderr
+    records = read_metrics(metrics)
+    assert all(set(r) == METRIC_FIELDS for r in records)
+    runs = {}
+    for r in records:
+        runs.setdefault(r["run_id"], []).append(r["epoch"])
+    assert list(runs.values()) == [[1, 2, 3], [1, 2, 3]], runs  # the resumed run continues its own id
+
+
+def test_plot_x_axis_shows_whole_epochs(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    import importlib.util as util
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    spec = util.spec_from_file_location("train_mlp_under_test", EXAMPLE)
+    example = util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    saved = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), original(fig, *a, **k))[1])
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_acc": 0.5 + 0.1 * e} for e in (1, 2, 3)]
+    example.save_plot(history, tmp_path / "curves.png")
+    (fig,) = saved
+    for axis in fig.axes:
+        low, high = axis.get_xlim()
+        ticks = [t for t in axis.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+@needs_mpi
+def test_a_checkpoint_resumed_on_another_world_size_says_so_in_one_line(tmp_path):
+    common = ["--synthetic", "1200", "--hidden", "32", "--epochs", "4", "--lr", "1e-2", "--quiet"]
+    first = run_example([*common, "--stop-after", "2", "--checkpoint-dir", tmp_path / "A"], ranks=4)
+    assert first.returncode == 0, first.stderr
+    resumed = run_example([*common, "--resume", "--checkpoint-dir", tmp_path / "A"], ranks=2)
+    straight = run_example([*common, "--checkpoint-dir", tmp_path / "B"], ranks=4)
+    assert resumed.returncode == 0 and straight.returncode == 0, resumed.stderr + straight.stderr
+    notes = [line for line in resumed.stdout.splitlines() if "written by 4 rank(s), resumed on 2" in line]
+    assert len(notes) == 1, resumed.stdout
+    assert ddpgrad.load(tmp_path / "A" / "last.npz")["world_size"] == 2
+    a, b = ddpgrad.load(tmp_path / "A" / "last.npz")["history"], ddpgrad.load(tmp_path / "B" / "last.npz")["history"]
+    for x, y in zip(a, b):  # the same global batches: the same path, to rounding
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4), (x, y)
+
+
+@needs_mpi
+def test_help_is_printed_once_on_four_ranks():
+    proc = run_example(["--help"], ranks=4)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("usage:") == 1 and "--synthetic N" in proc.stdout, proc.stdout

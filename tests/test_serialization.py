@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import random
+import re
 import select
 import signal
 import stat
@@ -388,8 +390,11 @@ def _kill_while_saving(tmp_path, mode, seed):
             outcomes.append((ddpgrad.load(target), leftovers))
         except Exception as exc:  # noqa: BLE001 - the outcome under test
             outcomes.append((exc, leftovers))
-        for name in leftovers:  # SIGKILL leaves the temporary file; clean it for the next round
-            os.unlink(target.parent / name)
+        if mode == "direct":
+            for name in leftovers:
+                os.unlink(target.parent / name)
+        else:  # the load removed what the killed save left behind
+            assert _only(target.parent) == ["last.npz"], _only(target.parent)
     return outcomes
 
 
@@ -413,3 +418,128 @@ def test_kill_test_catches_a_non_atomic_writer(tmp_path):
     """Control for the test above: writing straight into the target does get caught."""
     outcomes = _kill_while_saving(tmp_path, "direct", seed=2)
     assert any(not isinstance(loaded, dict) for loaded, _ in outcomes)
+
+
+# ---------------------------------------------------------------------------------- stale temporaries
+def _dead_pid():
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    return int(proc.stdout)
+
+
+@pytest.mark.parametrize("trigger", ["save", "load"])
+def test_temporaries_of_killed_saves_are_removed_and_live_ones_kept(tmp_path, trigger):
+    from ddpgrad.serialization import STALE_TEMPORARY_S, _host_tag
+
+    target = tmp_path / "last.npz"
+    ddpgrad.save({"generation": 0}, target)
+    host, old = _host_tag(), time.time() - 2 * STALE_TEMPORARY_S
+    files = {
+        f".last.npz.{host}.{_dead_pid()}.0123456789ab.tmp": "removed",  # its writer is gone
+        f".last.npz.{host}.{os.getppid()}.0123456789ab.tmp": "kept",  # its writer still runs
+        ".last.npz.otherhost.1.0123456789ab.tmp": "kept",  # another host's, recent: maybe saving
+        ".last.npz.otherhost.2.0123456789ab.tmp": "removed",  # another host's, untouched for 2 days
+        ".last.npz.00112233aabb.tmp": "removed",  # the older naming, untouched for 2 days
+        f".other.npz.{host}.{_dead_pid()}.0123456789ab.tmp": "kept",  # another checkpoint's
+        "last.npz.backup": "kept",
+    }
+    for name in files:
+        (tmp_path / name).write_bytes(b"partial")
+    for name in (".last.npz.otherhost.2.0123456789ab.tmp", ".last.npz.00112233aabb.tmp"):
+        os.utime(tmp_path / name, (old, old))
+    if trigger == "save":
+        ddpgrad.save({"generation": 1}, target)
+    else:
+        assert ddpgrad.load(target) == {"generation": 0}
+    kept = sorted(name for name, fate in files.items() if fate == "kept")
+    assert _only(tmp_path) == sorted([*kept, "last.npz"])
+
+
+# ---------------------------------------------------------------------------------- hostile files
+def _npz_with(path, meta=None, members=None):
+    """A zip laid out as ddpgrad.save lays it out, with metadata and members as given."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        if meta is not None:
+            text = meta if isinstance(meta, str) else json.dumps(meta)
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.frombuffer(text.encode(), np.uint8))
+            archive.writestr("__ddpgrad__.npy", buf.getvalue())
+        for name, data in (members or {}).items():
+            archive.writestr(name, data)
+    return path
+
+
+def _npy_header(shape, dtype, body=b""):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                "fortran_order": False, "shape": shape})
+    return buf.getvalue() + body
+
+
+GOOD_ROOT = {"t": "tensor", "a": "a0"}
+HOSTILE = {
+    "version_a_string": (dict(format="ddpgrad-checkpoint", version="1", root=GOOD_ROOT), None, "format version '1'"),
+    "version_a_float": (dict(format="ddpgrad-checkpoint", version=1.5, root=GOOD_ROOT), None, "format version 1.5"),
+    "version_true": (dict(format="ddpgrad-checkpoint", version=True, root=GOOD_ROOT), None, "format version True"),
+    "version_zero": (dict(format="ddpgrad-checkpoint", version=0, root=GOOD_ROOT), None, "format version 0"),
+    "version_missing": (dict(format="ddpgrad-checkpoint", root=GOOD_ROOT), None, "format version None"),
+    "no_root": (dict(format="ddpgrad-checkpoint", version=1), None, "no root entry"),
+    "json_nested_5000_deep": ('{"format": "ddpgrad-checkpoint", "version": 1, "root": ' + "[" * 5000 + "]" * 5000 + "}",
+                              None, "damaged"),
+    "containers_nested_5000_deep": (
+        '{"format": "ddpgrad-checkpoint", "version": 1, "root": ' + '{"t": "list", "items": [' * 5000
+        + '{"t": "value", "v": 1}' + "]}" * 5000 + "}", None, "damaged"),
+    "containers_nested_150_deep": (
+        '{"format": "ddpgrad-checkpoint", "version": 1, "root": ' + '{"t": "list", "items": [' * 150
+        + '{"t": "value", "v": 1}' + "]}" * 150 + "}", None, "nested more than 100 deep"),
+    "root_a_list": (dict(format="ddpgrad-checkpoint", version=1, root=[1, 2]), None, "damaged"),
+    "unknown_kind": (dict(format="ddpgrad-checkpoint", version=1, root={"t": "eval", "v": "1"}), None, "unknown entry kind"),
+    "dict_items_not_pairs": (dict(format="ddpgrad-checkpoint", version=1, root={"t": "dict", "items": [[1, 2, 3]]}),
+                             None, "damaged"),
+    "unhashable_key": (dict(format="ddpgrad-checkpoint", version=1,
+                            root={"t": "dict", "items": [[[1], {"t": "value", "v": 1}]]}), None, "damaged"),
+    "missing_array": (dict(format="ddpgrad-checkpoint", version=1, root=GOOD_ROOT), {}, "damaged"),
+    "array_declaring_8_tib": (dict(format="ddpgrad-checkpoint", version=1, root=GOOD_ROOT),
+                              {"a0.npy": _npy_header((2**40,), np.float64, b"\0" * 64)},
+                              "declares a float64 array of shape (1099511627776,) (8796093022208 bytes) but holds 64"),
+    "array_short_by_one_element": (dict(format="ddpgrad-checkpoint", version=1, root=GOOD_ROOT),
+                                   {"a0.npy": _npy_header((10,), np.float32, b"\0" * 36)}, "but holds 36 bytes"),
+    "metadata_declaring_8_tib": (None, {"__ddpgrad__.npy": _npy_header((2**43,), np.uint8, b"{}")},
+                                 "declares a uint8 array of shape (8796093022208,)"),
+    "array_header_garbage": (dict(format="ddpgrad-checkpoint", version=1, root=GOOD_ROOT),
+                             {"a0.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': os.sys}  \n"}, "no readable array header"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_files_give_checkpoint_errors_before_any_large_allocation(tmp_path, case):
+    import tracemalloc
+
+    meta, members, message = HOSTILE[case]
+    if members is None:
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.arange(3, dtype=np.float32))
+        members = {"a0.npy": buf.getvalue()}
+    path = _npz_with(tmp_path / "hostile.npz", meta, members)
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=re.escape(message)):
+            ddpgrad.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"loading a {path.stat().st_size}-byte file allocated {peak} bytes"
+
+
+def test_deeply_nested_objects_are_refused_at_save_naming_the_limit(tmp_path):
+    deep = []
+    for _ in range(150):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested more than 100 deep"):
+        ddpgrad.save(deep, tmp_path / "deep.npz")
+    nested = []
+    for _ in range(90):
+        nested = [nested]
+    ddpgrad.save(nested, tmp_path / "ok.npz")
+    assert ddpgrad.load(tmp_path / "ok.npz") == nested

@@ -218,7 +218,8 @@ def test_command_line_runs_the_job_and_passes_its_exit_status_on(job):
     cmd = job("""
         import socket, sys
         from mpi4py import MPI
-        print("hello from", socket.gethostname(), flush=True)
+        sys.stdout.write("hello from " + socket.gethostname() + chr(10))  # one write: two ranks' lines can not interleave
+        sys.stdout.flush()
         sys.exit(3 if MPI.COMM_WORLD.Get_rank() == 1 else 0)
     """)
     out = subprocess.run([sys.executable, str(SIMCLUSTER), "--nodes", "2", "--timeout", str(JOB_TIMEOUT_S), "--", *cmd],

@@ -319,7 +319,7 @@ class Reducer:
         """What every rank must agree on at the end of a backward: the step, how many collectives
         this communicator has started, and the bucket layout (each below 2**20)."""
         layout = sum((k + 1) * (b.buffer.size % 65521) for k, b in enumerate(self.buckets))
-        return np.array([self.step, self.comm.collectives, layout], dtype=np.int64) % FINGERPRINT_MODULUS
+        return np.array([self.step, self.comm.calls, layout], dtype=np.int64) % FINGERPRINT_MODULUS
 
     def _usage_message(self):
         """The usage allreduce's buffer: which parameters this rank used, its fingerprint ``f``

@@ -16,7 +16,8 @@ import pytest
 from comm_cases import expected, rank_values
 from conftest import WORLD, assert_all_ranks
 
-from ddpgrad.distributed.comm import CollectiveTimeout
+from ddpgrad.distributed.comm import CollectiveMismatch, CollectiveTimeout
+from ddpgrad.distributed.comm.mpi import MPICommunicator
 
 pytestmark = pytest.mark.mpi
 
@@ -107,6 +108,58 @@ def test_allgather_stacks_every_rank_in_rank_order(comm, shape, dtype):
     want = np.stack([np.full(shape, r, dtype=dtype) for r in range(comm.size)])
     ok = gathered.shape == want.shape and gathered.dtype == want.dtype and np.array_equal(gathered, want)
     assert_all_ranks(ok, f"got {gathered!r}")
+
+
+BYTE_DTYPES = (np.bool_, np.int8, np.uint32, np.complex128, np.dtype([("a", np.int8), ("b", np.float32)]))
+
+
+def _bytes_of(rank, n, dtype):
+    raw = (np.arange(n * np.dtype(dtype).itemsize) * 37 + rank).astype(np.uint8)
+    return raw.view(dtype)
+
+
+@pytest.mark.parametrize("dtype", BYTE_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_broadcast_and_allgather_move_any_dtype_by_its_bytes(comm, dtype):
+    root = comm.size - 1
+    buf = _bytes_of(comm.rank, 7, dtype).copy()
+    comm.broadcast(buf, root)
+    gathered = comm.allgather(_bytes_of(comm.rank, 7, dtype))
+    ok = buf.dtype == np.dtype(dtype) and buf.tobytes() == _bytes_of(root, 7, dtype).tobytes()
+    ok = ok and gathered.shape == (comm.size, 7) and gathered.dtype == np.dtype(dtype)
+    ok = ok and all(gathered[r].tobytes() == _bytes_of(r, 7, dtype).tobytes() for r in range(comm.size))
+    assert_all_ranks(ok, f"broadcast gave {buf!r}, allgather {gathered!r}")
+
+
+def test_fingerprints_are_off_by_default(comm):
+    assert_all_ranks(not comm._fingerprints, "fingerprints on without DDPGRAD_DEBUG")
+
+
+MISMATCHES = {
+    "count": (lambda rank: np.ones(3 if rank == 0 else 5, np.float32), "rank 0 called #{seq} allreduce(sum) of 3 x float32",
+              "called #{seq} allreduce(sum) of 5 x float32"),
+    "dtype": (lambda rank: np.ones(4, np.float32 if rank == 0 else np.float64), "rank 0 called #{seq} allreduce(sum) of 4 x float32",
+              "called #{seq} allreduce(sum) of 4 x float64"),
+}
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_debug_fingerprints_name_collectives_out_of_step(monkeypatch, case):
+    monkeypatch.setenv("DDPGRAD_DEBUG", "1")
+    debug = MPICommunicator(timeout=30)
+    make, mine, theirs = MISMATCHES[case]
+    debug.barrier()
+    seq = debug.calls
+    message = ""
+    try:
+        debug.allreduce(make(debug.rank))
+    except CollectiveMismatch as exc:
+        message = str(exc)
+    others = "rank 1" if debug.size == 2 else "ranks " + ", ".join(map(str, range(1, debug.size)))
+    for text in (mine.format(seq=seq), f"{others} {theirs.format(seq=seq)}", f"rank {debug.rank} of {debug.size}"):
+        assert_all_ranks(text in message, f"{text!r} not in {message!r}")
+    buf = debug.allreduce(np.ones(2))  # nothing was mixed: the next matching call works
+    assert_all_ranks(np.array_equal(buf, np.full(2, debug.size)), f"then got {buf}")
 
 
 def test_objects_are_gathered_and_broadcast(comm):

@@ -30,6 +30,10 @@ TIMEOUT_ENV = "DDPGRAD_TIMEOUT"
 NO_ABORT_ENV = "DDPGRAD_NO_ABORT"
 """Set to "1" to raise instead of aborting the MPI job on an error (for debugging one rank)."""
 
+DEBUG_ENV = "DDPGRAD_DEBUG"
+"""Set to "1" to check every collective's fingerprint across ranks before it runs (one small
+allgather each: slower, and non-blocking collectives start only once every rank has called them)."""
+
 SPIN_S = 0.02
 """How long an MPI wait re-tests back to back, yielding the core between tests, before it starts
 sleeping: MPICH moves data only inside MPI calls, so a sleeping rank stalls its collective.
@@ -56,7 +60,8 @@ twice the bytes on MPI)."""
 SUPPORTED_DTYPES = tuple(
     np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.uint16, np.uint8)
 )
-"""uint16 carries bfloat16 bit patterns; uint8 carries pickled metadata."""
+"""What ``allreduce`` reduces (uint16 carries bfloat16 bit patterns). ``broadcast`` and
+``allgather`` move any dtype without Python objects (bool, int8, complex, ...) as its bytes."""
 
 
 def resolve_timeout(timeout=None) -> float:
@@ -109,6 +114,74 @@ def on_timeout(exc: CollectiveTimeout):
 
 
 # ---------------------------------------------------------------------------------------------
+# Fingerprints: what a rank is about to do, as int64s that ranks compare (under DDPGRAD_DEBUG=1
+# before every collective; the reducer's per-step check uses the same helpers).
+
+COLLECTIVE_KINDS = ("allreduce", "broadcast", "allgather", "barrier")
+COLLECTIVE_OPS = REDUCE_OPS + tuple(SUM16_OPS)
+FINGERPRINT_LEN = 5
+"""kind, element count, dtype code, sequence number, parameter (allreduce op, broadcast root)."""
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def dtype_code(dtype) -> int:
+    """A dtype as one integer, the same on every platform: its kind letter and its item size."""
+    dtype = np.dtype(dtype)
+    return ord(dtype.kind) << 32 | dtype.itemsize
+
+
+def _dtype_text(code: int) -> str:
+    kind, itemsize = chr(code >> 32), code & 0xFFFFFFFF
+    try:
+        return str(np.dtype(f"{kind}{itemsize}"))
+    except TypeError:
+        return f"{kind}{itemsize}"
+
+
+def pack_fingerprint(kind: str, count: int, dtype, sequence: int, param=0) -> np.ndarray:
+    """``FINGERPRINT_LEN`` int64s naming one collective call; equal on all ranks iff they match.
+
+    ``param`` is the allreduce op name (or its index in ``COLLECTIVE_OPS``) or the broadcast root.
+    """
+    if isinstance(param, str):
+        param = COLLECTIVE_OPS.index(param)
+    return np.array([COLLECTIVE_KINDS.index(kind), count, dtype_code(dtype), sequence, param], np.int64)
+
+
+def fingerprint_text(row) -> str:
+    kind, count, code, sequence, param = (int(v) for v in row)
+    name = COLLECTIVE_KINDS[kind] if 0 <= kind < len(COLLECTIVE_KINDS) else f"kind {kind}"
+    detail = ""
+    if name == "allreduce" and 0 <= param < len(COLLECTIVE_OPS):
+        detail = f"({COLLECTIVE_OPS[param]})"
+    elif name == "broadcast":
+        detail = f"(root={param})"
+    body = "" if name == "barrier" else f" of {count} x {_dtype_text(code)}"
+    return f"#{sequence} {name}{detail}{body}"
+
+
+def fingerprint_mismatch(rows) -> str | None:
+    """None when every rank's fingerprint (a row of ``rows``, by rank) is the same, else a
+    message naming each group of ranks and what it called."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(len(rows), FINGERPRINT_LEN)
+    if (rows == rows[0]).all():
+        return None
+    groups = {}
+    for rank, row in enumerate(rows):
+        groups.setdefault(fingerprint_text(row), []).append(rank)
+    sides = "; ".join(f"{_ranks_text(ranks)} called {text}" for text, ranks in groups.items())
+    return (f"collectives out of step across ranks: {sides}. Every rank must call the same "
+            f"collectives in the same order, with the same element counts and dtypes.")
+
+
+def _ranks_text(ranks) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
+
+
+# ---------------------------------------------------------------------------------------------
 # Handles and the interface.
 
 
@@ -125,6 +198,7 @@ class Work:
         self.collective = collective
         self.describe = describe
         self.result = result
+        self.seq = None  # this call's number on its communicator (set by Communicator)
         self._done = False
 
     def _poll(self) -> bool:
@@ -175,13 +249,16 @@ def _describe(collective: str, buf: np.ndarray) -> str:
     return f"{collective} of {buf.nbytes / 1e6:.3g} MB {buf.dtype} shape {buf.shape}"
 
 
-def _check_buffer(buf, collective: str, writable: bool = True):
+def _check_buffer(buf, collective: str, writable: bool = True, reduces: bool = False):
     if not isinstance(buf, np.ndarray) and not hasattr(buf, "__cuda_array_interface__"):
         raise TypeError(f"{collective} takes a NumPy array (or a CuPy array with a CUDA-aware MPI), "
                         f"got {type(buf).__name__}")
-    if buf.dtype not in SUPPORTED_DTYPES:
+    if reduces and buf.dtype not in SUPPORTED_DTYPES:
         names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
         raise TypeError(f"{collective} does not support dtype {buf.dtype}; use one of {names}")
+    if buf.dtype.hasobject:
+        raise TypeError(f"{collective} can not move Python objects (dtype {buf.dtype}); use "
+                        f"{collective}_object for picklable values")
     if not buf.flags.c_contiguous:
         raise ValueError(
             f"{collective} needs a C-contiguous array (shape {buf.shape}, strides {buf.strides}); "
@@ -194,19 +271,22 @@ def _check_buffer(buf, collective: str, writable: bool = True):
 class Communicator:
     """A group of ``size`` ranks; this process (or thread) is ``rank``.
 
-    Collectives take NumPy arrays (C-contiguous; float16/32/64, int32/64, uint16, uint8; size 0 is
-    fine) and must be called by every rank in the same order. Blocking forms wait at most
+    Collectives take C-contiguous NumPy arrays (size 0 is fine; ``allreduce`` the numeric dtypes of
+    ``SUPPORTED_DTYPES``, the others any dtype) and must be called by every rank in the same order. Blocking forms wait at most
     ``timeout`` seconds (see ``resolve_timeout``).
     """
 
     backend = "abstract"
+    checks_calls_itself = False
+    """True for backends that detect mismatched calls themselves (threads)."""
 
     def __init__(self, rank: int, size: int, timeout: float | None = None):
         self.rank = rank
         self.size = size
         self.timeout = resolve_timeout(timeout)
+        self.calls = 0  # collectives started so far; the next one's sequence number
+        self._fingerprints = size > 1 and debug_enabled() and not self.checks_calls_itself
         self._staging = None
-        self.collectives = 0  # started so far: the same on every rank that is in step
 
     @property
     def reads_device_memory(self) -> bool:
@@ -218,7 +298,6 @@ class Communicator:
         """Start ``start(buf)``, staging a device ``buf`` through the host when needed (always,
         with ``host_only``: the backend computes on it with NumPy); keeps collectives in call
         order on every rank."""
-        self.collectives += 1
         if self.size > 1 and is_cuda_array(buf) and (host_only or not self.reads_device_memory):
             if self._staging is None:
                 self._staging = HostStaging()
@@ -252,10 +331,27 @@ class Communicator:
     def _ibarrier(self, describe) -> Work:
         raise NotImplementedError
 
+    def _next_call(self, kind, buf, param) -> int:
+        """Number this call; under DDPGRAD_DEBUG=1 first check that every rank makes the same one."""
+        seq, self.calls = self.calls, self.calls + 1
+        if self._fingerprints:
+            count, dtype = (0, np.uint8) if buf is None else (buf.size, buf.dtype)
+            check = self._numbered(self._iallgather(pack_fingerprint(kind, count, dtype, seq, param),
+                                                    f"fingerprint of collective #{seq}"), seq)
+            problem = fingerprint_mismatch(check.wait())
+            if problem:
+                raise CollectiveMismatch(f"rank {self.rank} of {self.size}: {problem}")
+        return seq
+
+    @staticmethod
+    def _numbered(work: Work, seq: int) -> Work:
+        work.seq = seq
+        return work
+
     # -- non-blocking ---------------------------------------------------------------------------
     def iallreduce(self, buf: np.ndarray, op: str = "sum", *, describe: str | None = None) -> Work:
         """Start reducing ``buf`` across ranks, in place; ``buf`` is not to be touched until done."""
-        _check_buffer(buf, "allreduce")
+        _check_buffer(buf, "allreduce", reduces=True)
         if op in SUM16_OPS:
             if buf.dtype != SUM16_OPS[op]:
                 raise TypeError(
@@ -266,8 +362,9 @@ class Communicator:
         elif op not in REDUCE_OPS:
             raise ValueError(f"allreduce op must be one of {REDUCE_OPS + tuple(SUM16_OPS)}, got {op!r}")
         describe = describe or _describe(f"allreduce({op})", buf)
+        seq = self._next_call("allreduce", buf, op)
         host_only = op in SUM16_OPS or buf.dtype == np.float16
-        return self._route(buf, lambda b: self._iallreduce(b, op, describe), host_only=host_only)
+        return self._numbered(self._route(buf, lambda b: self._iallreduce(b, op, describe), host_only=host_only), seq)
 
     def ibroadcast(self, buf: np.ndarray, root: int = 0, *, describe: str | None = None) -> Work:
         """Start copying rank ``root``'s ``buf`` into ``buf`` on every rank."""
@@ -275,20 +372,22 @@ class Communicator:
         if not 0 <= root < self.size:
             raise ValueError(f"broadcast root must be a rank in [0, {self.size}), got {root}")
         describe = describe or _describe(f"broadcast(root={root})", buf)
-        return self._route(buf, lambda b: self._ibroadcast(b, root, describe))
+        seq = self._next_call("broadcast", buf, root)
+        return self._numbered(self._route(buf, lambda b: self._ibroadcast(b, root, describe)), seq)
 
     def iallgather(self, sendbuf: np.ndarray, *, describe: str | None = None) -> Work:
         """Start gathering every rank's ``sendbuf`` (same shape everywhere) into a new array."""
         _check_buffer(sendbuf, "allgather", writable=False)
         describe = describe or _describe("allgather", sendbuf)
-        return self._route(sendbuf, lambda b: self._iallgather(b, describe), in_place=False)
+        seq = self._next_call("allgather", sendbuf, 0)
+        return self._numbered(self._route(sendbuf, lambda b: self._iallgather(b, describe), in_place=False), seq)
 
     def ibarrier(self, *, describe: str | None = None) -> Work:
         """Start a barrier: done once every rank has entered it."""
-        self.collectives += 1
+        seq = self._next_call("barrier", None, 0)
         if self._staging is not None:
             self._staging.launch()
-        return self._ibarrier(describe or "barrier")
+        return self._numbered(self._ibarrier(describe or "barrier"), seq)
 
     # -- blocking -------------------------------------------------------------------------------
     def allreduce(self, buf: np.ndarray, op: str = "sum", *, describe: str | None = None) -> np.ndarray:

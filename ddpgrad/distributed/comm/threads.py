@@ -31,11 +31,19 @@ def current_thread_communicator() -> ThreadsCommunicator | None:
 
 
 class RankFailed(RuntimeError):
-    """A rank started by ``launch_threads`` raised; its exception is chained as ``__cause__``."""
+    """A rank started by ``launch_threads`` raised (its exception chained as ``__cause__``), or
+    returned while other ranks waited in a collective it never called. ``rank`` is that rank."""
 
-    def __init__(self, rank: int, size: int, exc: BaseException):
+    def __init__(self, rank: int, size: int, exc: BaseException | None = None, *,
+                 returned_after: int | None = None, waiting: str | None = None):
         self.rank = rank
-        super().__init__(f"rank {rank} of {size} raised {type(exc).__name__}: {exc}")
+        self.returned_after = returned_after
+        if exc is not None:
+            what = f"rank {rank} of {size} raised {type(exc).__name__}: {exc}"
+        else:
+            what = (f"rank {rank} of {size} returned after {returned_after} collective call(s), so it "
+                    f"never joins it: every rank must call the same collectives")
+        super().__init__(what if waiting is None else f"{waiting} can not complete: {what}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,14 +126,16 @@ class ThreadWorld:
     def __init__(self, size: int):
         self.size = size
         self.failure = None  # (rank, exception) of the first rank that raised
+        self.returned = {}  # rank -> collective calls it made, for ranks whose function returned
         self._cond = threading.Condition()
         self._pending = {}
         self._finished = 0
 
-    def join(self, rank: int, seq: int, signature, buf) -> _Rendezvous:
+    def join(self, rank: int, seq: int, signature, buf, describe: str) -> _Rendezvous:
         with self._cond:
             if self.failure is not None:
-                raise _abandoned(rank, signature[0], self.failure)
+                raise _abandoned(rank, self.size, f"{signature[0]} #{seq} ({describe})", self.failure)
+            self.check_departed(rank, seq, signature[0], describe)
             rendezvous = self._pending.setdefault(seq, _Rendezvous(self.size))
             rendezvous.signatures[rank] = signature
             rendezvous.bufs[rank] = buf
@@ -147,10 +157,24 @@ class ThreadWorld:
         for rendezvous in pending:
             rendezvous.event.set()
 
-    def rank_finished(self):
+    def rank_finished(self, rank: int, calls: int, returned: bool):
+        """Rank ``rank`` is done; if its function returned after ``calls`` collectives, wake the
+        ranks waiting in a later one (they can never complete)."""
         with self._cond:
             self._finished += 1
+            if returned:
+                self.returned[rank] = calls
+            stranded = [r for seq, r in self._pending.items() if seq >= calls] if returned else []
             self._cond.notify_all()
+        for rendezvous in stranded:
+            rendezvous.event.set()
+
+    def check_departed(self, rank: int, seq: int, collective: str, describe: str):
+        """Raise ``RankFailed`` if some rank returned before making collective call ``seq``."""
+        for gone, calls in list(self.returned.items()):
+            if calls <= seq:
+                raise RankFailed(gone, self.size, returned_after=calls,
+                                 waiting=f"rank {rank}: {collective} #{seq} ({describe})")
 
     def wait(self, until_all_finished: bool, timeout: float | None = None):
         with self._cond:
@@ -160,18 +184,19 @@ class ThreadWorld:
             )
 
 
-def _abandoned(rank, collective, failure):
+def _abandoned(rank, size, collective, failure):
     failed_rank, exc = failure
-    return RuntimeError(
-        f"rank {rank}: {collective} abandoned because rank {failed_rank} failed "
-        f"({type(exc).__name__}: {exc})"
-    )
+    waiting = f"rank {rank}: {collective}"
+    if isinstance(exc, RankFailed) and exc.returned_after is not None:  # the cause is the rank that left
+        return RankFailed(exc.rank, size, returned_after=exc.returned_after, waiting=waiting)
+    return RankFailed(failed_rank, size, exc, waiting=waiting)
 
 
 class _ThreadWork(Work):
-    def __init__(self, comm, collective, describe, rendezvous, result):
+    def __init__(self, comm, collective, describe, rendezvous, result, seq):
         super().__init__(comm, collective, describe, result)
         self._rendezvous = rendezvous
+        self._seq = seq
 
     def _poll(self):
         rendezvous = self._rendezvous
@@ -181,8 +206,11 @@ class _ThreadWork(Work):
             if rendezvous.error is not None:
                 raise RuntimeError(f"{self.collective} failed: {rendezvous.error!r}") from rendezvous.error
             return True
-        if self.comm.world.failure is not None:
-            raise _abandoned(self.comm.rank, f"{self.collective} ({self.describe})", self.comm.world.failure)
+        world = self.comm.world
+        if world.failure is not None:
+            raise _abandoned(self.comm.rank, world.size, f"{self.collective} #{self._seq} ({self.describe})",
+                             world.failure)
+        world.check_departed(self.comm.rank, self._seq, self.collective, self.describe)
         return False
 
     def _finish(self):
@@ -196,16 +224,16 @@ class ThreadsCommunicator(Communicator):
     """Rank ``rank`` of a ``ThreadWorld``; usually made by ``launch_threads``."""
 
     backend = "threads"
+    checks_calls_itself = True
 
     def __init__(self, world: ThreadWorld, rank: int, timeout: float | None = None):
         super().__init__(rank, world.size, timeout)
         self.world = world
-        self._calls = 0  # keys the rendezvous: the k-th call of every rank meets the others' k-th
 
     def _start(self, kind, param, buf, describe, result=None):
-        seq, self._calls = self._calls, self._calls + 1
-        rendezvous = self.world.join(self.rank, seq, (kind, param, buf.shape, buf.dtype), buf)
-        return _ThreadWork(self, kind, describe, rendezvous, result)
+        seq = self.calls - 1  # keys the rendezvous: the k-th call of every rank meets the others' k-th
+        rendezvous = self.world.join(self.rank, seq, (kind, param, buf.shape, buf.dtype), buf, describe)
+        return _ThreadWork(self, kind, describe, rendezvous, result, seq)
 
     def _iallreduce(self, buf, op, describe):
         return self._start("allreduce", op, buf, describe)
@@ -224,8 +252,9 @@ def launch_threads(fn, world_size: int, args=(), kwargs=None, timeout: float | N
     """Run ``fn(*args, **kwargs)`` on ``world_size`` thread ranks; return their results by rank.
 
     Inside ``fn``, ``current_thread_communicator()`` is that rank's communicator. If a rank raises,
-    the others get an error at their next (or current) collective, and this raises ``RankFailed``
-    naming the first rank that failed, its exception chained.
+    or returns while others wait in a collective it never called, the others get ``RankFailed`` at
+    once in that collective (or their next), and this raises ``RankFailed`` naming that rank (the
+    exception it raised chained as ``__cause__``).
     """
     if world_size < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
@@ -237,14 +266,16 @@ def launch_threads(fn, world_size: int, args=(), kwargs=None, timeout: float | N
     def run(comm):
         _current.comm = comm
         random.use_thread_generator()  # each rank draws from its own stream, as a process would
+        returned = False
         try:
             results[comm.rank] = fn(*args, **kwargs)
+            returned = True
         except BaseException as exc:  # noqa: BLE001 - reported to the launcher, re-raised there
             world.fail(comm.rank, exc)
         finally:
             _current.comm = None
             random.use_thread_generator(None)
-            world.rank_finished()
+            world.rank_finished(comm.rank, comm.calls, returned)
 
     for comm in comms:
         threading.Thread(target=run, args=(comm,), name=f"ddpgrad-rank-{comm.rank}", daemon=True).start()
@@ -253,4 +284,6 @@ def launch_threads(fn, world_size: int, args=(), kwargs=None, timeout: float | N
         return results
     world.wait(until_all_finished=True, timeout=JOIN_GRACE_S)
     rank, exc = world.failure
+    if isinstance(exc, RankFailed) and exc.returned_after is not None:
+        raise exc  # names the rank that returned early, not the one left waiting for it
     raise RankFailed(rank, world_size, exc) from exc
