@@ -99,9 +99,13 @@ class Announcement:
         if not wrong:
             return None
         expected = self.world_size
-        found = f"MPI's world has {size} rank{'s' if size != 1 else ''} (this is rank {rank})"
-        launchers = {c.launcher for c in wrong}
-        said = ", ".join(map(str, wrong))
+        # Sizes first: then the line is the same on every rank, and a launcher prints it once.
+        shown = [c for c in wrong if c.kind != "rank"] or wrong
+        found = f"MPI's world has {size} rank{'s' if size != 1 else ''}"
+        if shown is wrong and all(c.kind == "rank" for c in wrong):
+            found += f" and says this is rank {rank}"
+        launchers = {c.launcher for c in shown}
+        said = ", ".join(map(str, shown))
         if size == 1 and SLURM in launchers:
             how = (f"srun gave MPI{f' ({library})' if library else ''} no way to connect the tasks: start "
                    "them with `srun --mpi=pmix` (Open MPI 5) or `srun --mpi=pmi2` (MPICH), whichever your "
