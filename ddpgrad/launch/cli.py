@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for sig in (signal.SIGTERM, signal.SIGHUP):  # scancel, a closed terminal: stop the ranks too
         signal.signal(sig, _interrupt)
-    say(f"{ranks} rank(s), BLAS threads per rank: {env['OPENBLAS_NUM_THREADS']}; {shlex.join(command)}")
+    say(f"{ranks} rank(s), BLAS threads per rank: {env['OPENBLAS_NUM_THREADS']}, {command[0]}: "
+        f"{shlex.join([args.script, *args.args])}")
     for attempt in range(args.max_restarts + 1):
         env.update({name: str(attempt) for name in RESTART_VARS})
         outcome = Job(command, env, ranks, args.start_timeout).run()

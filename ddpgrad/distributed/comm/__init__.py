@@ -59,7 +59,7 @@ def make_communicator(backend: str = "auto", timeout: float | None = None) -> Co
     from .mpi import MPICommunicator, mpi_module  # noqa: PLC0415 - keeps mpi4py out of non-MPI runs
 
     comm = MPICommunicator(timeout=timeout)
-    library = mpi_module().Get_library_version().strip().splitlines()[0]
+    library = " ".join(mpi_module().Get_library_version().split("\n", 1)[0].split())  # "MPICH Version: 5.0.2"
     problem = announced().mismatch(comm.size, comm.rank, library)
     if problem:
         raise LaunchError(problem)
