@@ -13,7 +13,7 @@ export MKL_NUM_THREADS ?= 1
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-unit test-mpi bench clean
+.PHONY: install train test test-unit test-mpi test-packaging bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test-mpi: $(STAMP)
 	  timeout -k 10 600 $(BIN)/mpiexec -n $$n $(BIN)/python -m pytest --with-mpi -x -q \
 	    -p no:cacheprovider -o timeout_method=thread --timeout 240 tests/mpi || exit 1; \
 	done
+
+# The wheel, built from the sdist, in a fresh venv: `ddprun -n 2` of a script outside the clone,
+# and the sdist's own tests (about 30 s, so not part of `make test`).
+test-packaging: $(STAMP)
+	DDPGRAD_TEST_PACKAGING=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_packaging.py
 
 # PyTorch (CPU build, pinned: the wheel on the CI machine's disk) is a benchmark/test-only oracle.
 bench: $(STAMP)

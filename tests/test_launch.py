@@ -19,19 +19,32 @@ import pytest
 from launch_helpers import CORES, ROOT, THREAD_VARS, TIMEOUT_S, clean_env, ddprun, mpi_available
 
 from ddpgrad.launch import mpiexec as mpiexec_mod
+from ddpgrad.launch.cli import main
 from ddpgrad.launch.rank import CONTROL, control_line, parse_control, split_lines
 
 needs_mpi = pytest.mark.skipif(not mpi_available(), reason="needs an MPI launcher (pip install mpich)")
 BOOTSTRAP = str(ROOT / "ddpgrad" / "launch" / "rank.py")
 
 
-def _dry_run(*args, **set_vars):
-    """(command as a list, {VAR: value} printed) of ``ddprun --dry-run``."""
-    out = ddprun("--dry-run", *args, **set_vars)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    env = dict(line.split("  ")[0].split("=", 1) for line in lines[1:])
-    return shlex.split(lines[0]), env
+@pytest.fixture
+def dry_run(monkeypatch, capsys):
+    """``ddprun --dry-run ARGS`` in this process, from the repository root, in a clean launcher
+    environment plus ``set_vars``: (command as a list, {VAR: value} printed)."""
+    monkeypatch.chdir(ROOT)
+
+    def run(*args, **set_vars):
+        clean = clean_env(**set_vars)
+        for name in list(os.environ):
+            if name not in clean:
+                monkeypatch.delenv(name)
+        for name, value in set_vars.items():
+            monkeypatch.setenv(name, value)
+        assert main(["--dry-run", *args]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        env = dict(line.split("  ")[0].split("=", 1) for line in lines[1:])
+        return shlex.split(lines[0]), env
+
+    return run
 
 
 def _script_part(cmd):
@@ -54,8 +67,8 @@ def test_blas_threads_share_the_cores_and_never_drop_below_one(ranks, cores, thr
     assert mpiexec_mod.blas_threads(ranks, cores) == threads
 
 
-def test_dry_run_prints_the_command_and_the_thread_budget():
-    cmd, env = _dry_run("-n", "2", "examples/train_mlp.py", "--epochs", "3", "--hidden", "8", "8")
+def test_dry_run_prints_the_command_and_the_thread_budget(dry_run):
+    cmd, env = dry_run("-n", "2", "examples/train_mlp.py", "--epochs", "3", "--hidden", "8", "8")
     assert Path(cmd[0]).name in ("mpiexec", "mpirun") and os.access(cmd[0], os.X_OK)
     assert cmd[1:3] == ["-n", "2"]
     assert _script_part(cmd) == [sys.executable, BOOTSTRAP, "--world-size", "2", "--output", "all", "--",
@@ -63,39 +76,39 @@ def test_dry_run_prints_the_command_and_the_thread_budget():
     assert env == {var: str(max(1, CORES // 2)) for var in THREAD_VARS}
 
 
-def test_mpiexec_beside_the_interpreter_is_preferred():
+def test_mpiexec_beside_the_interpreter_is_preferred(dry_run):
     beside = Path(sys.executable).with_name("mpiexec")
     if not os.access(beside, os.X_OK):
         pytest.skip("no mpiexec installed beside this Python (the mpich wheel puts one there)")
-    cmd, _ = _dry_run("-n", "1", "examples/quickstart.py", PATH="/usr/bin:/bin")
+    cmd, _ = dry_run("-n", "1", "examples/quickstart.py", PATH="/usr/bin:/bin")
     assert cmd[0] == str(beside)
 
 
-def test_script_arguments_that_look_like_launcher_options_go_to_the_script():
-    cmd, _ = _dry_run("-n", "2", "examples/quickstart.py", "-n", "3", "--dry-run", "--max-restarts", "x")
+def test_script_arguments_that_look_like_launcher_options_go_to_the_script(dry_run):
+    cmd, _ = dry_run("-n", "2", "examples/quickstart.py", "-n", "3", "--dry-run", "--max-restarts", "x")
     assert cmd[1:3] == ["-n", "2"]
     assert cmd[-5:] == ["-n", "3", "--dry-run", "--max-restarts", "x"]
 
 
-def test_default_rank_count_is_the_usable_cores():
-    cmd, env = _dry_run("examples/quickstart.py")
+def test_default_rank_count_is_the_usable_cores(dry_run):
+    cmd, env = dry_run("examples/quickstart.py")
     assert cmd[1:3] == ["-n", str(CORES)]
     assert env["OPENBLAS_NUM_THREADS"] == "1"
 
 
-def test_thread_settings_already_made_are_kept():
-    _, env = _dry_run("-n", "1", "examples/quickstart.py", OPENBLAS_NUM_THREADS="3", OMP_NUM_THREADS="5")
+def test_thread_settings_already_made_are_kept(dry_run):
+    _, env = dry_run("-n", "1", "examples/quickstart.py", OPENBLAS_NUM_THREADS="3", OMP_NUM_THREADS="5")
     assert env == {"OPENBLAS_NUM_THREADS": "3", "OMP_NUM_THREADS": "5", "MKL_NUM_THREADS": str(CORES)}
 
 
-def test_explicit_mpiexec_and_extra_mpi_arguments_are_used():
-    cmd, _ = _dry_run("--mpiexec", "/opt/site-mpi/bin/mpirun", "--mpi-args", "-bind-to core", "-n", "2",
+def test_explicit_mpiexec_and_extra_mpi_arguments_are_used(dry_run):
+    cmd, _ = dry_run("--mpiexec", "/opt/site-mpi/bin/mpirun", "--mpi-args", "-bind-to core", "-n", "2",
                       "examples/quickstart.py")
     assert cmd[:5] == ["/opt/site-mpi/bin/mpirun", "-n", "2", "-bind-to", "core"]
 
 
-def test_rank0_only_reaches_the_bootstrap():
-    cmd, _ = _dry_run("-n", "2", "--rank0-only", "examples/quickstart.py")
+def test_rank0_only_reaches_the_bootstrap(dry_run):
+    cmd, _ = dry_run("-n", "2", "--rank0-only", "examples/quickstart.py")
     assert _script_part(cmd)[2:6] == ["--world-size", "2", "--output", "rank0"]
 
 
@@ -103,9 +116,9 @@ def test_rank0_only_reaches_the_bootstrap():
     ("HYDRA build details:\n    Version: 5.0.2", ["-hosts", "node-a:4,node-b:2"]),
     ("mpirun (Open MPI) 5.0.3", ["--host", "node-a:4,node-b:2"]),
 ])
-def test_hosts_become_the_options_of_each_mpi(tmp_path, version, expected):
+def test_hosts_become_the_options_of_each_mpi(tmp_path, version, expected, dry_run):
     fake = _fake_mpiexec(tmp_path, version)
-    cmd, env = _dry_run("--mpiexec", fake, "-H", "node-a:4,node-b:2", "examples/quickstart.py")
+    cmd, env = dry_run("--mpiexec", fake, "-H", "node-a:4,node-b:2", "examples/quickstart.py")
     assert cmd[1:3] == ["-n", "6"]  # default: every slot
     assert cmd[3:5] == expected
     # threads per rank: this node's cores over the most ranks any node gets
@@ -117,13 +130,13 @@ def test_hosts_become_the_options_of_each_mpi(tmp_path, version, expected):
         assert not forwarded
 
 
-def test_hostfile_in_either_mpi_style_gives_the_same_hosts(tmp_path):
+def test_hostfile_in_either_mpi_style_gives_the_same_hosts(tmp_path, dry_run):
     text = "# nodes\nnode-a:4\nnode-b slots=2   # the small one\n\nnode-c\n"
     assert mpiexec_mod.parse_hosts(text, "f") == [("node-a", 4), ("node-b", 2), ("node-c", 1)]
     hostfile = tmp_path / "hosts"
     hostfile.write_text(text)
     fake = _fake_mpiexec(tmp_path, "HYDRA build details:")
-    cmd, _ = _dry_run("--mpiexec", fake, "--hostfile", str(hostfile), "-n", "5", "examples/quickstart.py")
+    cmd, _ = dry_run("--mpiexec", fake, "--hostfile", str(hostfile), "-n", "5", "examples/quickstart.py")
     assert cmd[1:5] == ["-n", "5", "-hosts", "node-a:4,node-b:2,node-c:1"]
 
 
@@ -143,17 +156,24 @@ def test_launch_hostfile_example_parses():
     (["-H", "a:2", "-n", "3", "examples/quickstart.py"], "-n 3 is more ranks than the 2 slots"),
     (["--hostfile", "no/such/hosts", "examples/quickstart.py"], "can not read --hostfile no/such/hosts"),
 ])
-def test_bad_launch_requests_are_refused_clearly(args, message):
-    out = ddprun("--dry-run", *args)
+def test_bad_launch_requests_are_refused_clearly(monkeypatch, args, message):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as refused:
+        main(["--dry-run", *args])
+    assert message in str(refused.value.code)
+
+
+def test_a_refused_request_is_one_line_and_a_failure_status():
+    out = ddprun("-n", "0", "examples/quickstart.py")
     assert out.returncode != 0
-    assert message in out.stderr
-    assert out.stderr.count(message) == 1
+    assert out.stderr.splitlines() == ["ddprun: -n must be at least 1, got 0"]
 
 
-def test_unknown_mpi_with_hosts_says_to_pass_them_yourself(tmp_path):
+def test_unknown_mpi_with_hosts_says_to_pass_them_yourself(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
     fake = _fake_mpiexec(tmp_path, "some other MPI 1.0")
-    out = ddprun("--dry-run", "--mpiexec", fake, "-H", "a:2", "examples/quickstart.py")
-    assert out.returncode != 0 and "--mpi-args" in out.stderr
+    with pytest.raises(SystemExit, match="--mpi-args"):
+        main(["--dry-run", "--mpiexec", fake, "-H", "a:2", "examples/quickstart.py"])
 
 
 def test_missing_mpiexec_says_how_to_get_one(monkeypatch, tmp_path):
@@ -161,6 +181,17 @@ def test_missing_mpiexec_says_how_to_get_one(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SystemExit, match="pip install"):
         mpiexec_mod.find_mpiexec()
+
+
+def test_ranks_learn_the_terminal_width_only_when_ddprun_has_a_terminal(monkeypatch):
+    from ddpgrad.launch import cli
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert cli._terminal_columns(4) == {}
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stderr, "fileno", lambda: 2)
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((100, 30)))
+    assert cli._terminal_columns(12) == {"DDPGRAD_TERMINAL_COLUMNS": str(100 - len("[rank 11] "))}
 
 
 def test_clone_script_is_the_same_launcher():
@@ -408,11 +439,14 @@ SPINNING = textwrap.dedent("""
 
 
 @needs_mpi
-def test_ctrl_c_ends_the_job_with_one_line_and_exit_130(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_ends_the_job_with_one_line_and_exit_130(tmp_path, sig):
+    """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM (scancel, kill) stops every
+    rank, says so in one line, exits 130, and is not taken for a failure to restart after."""
     script = tmp_path / "spinning.py"
     script.write_text(SPINNING)
     # its own process group, like a shell job: the terminal's SIGINT goes to the whole group
-    proc = subprocess.Popen([sys.executable, "-m", "ddpgrad.launch", "-n", "2", str(script)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "ddpgrad.launch", "-n", "2", "--max-restarts", "2", str(script)], cwd=ROOT,
                             env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -423,7 +457,7 @@ def test_ctrl_c_ends_the_job_with_one_line_and_exit_130(tmp_path):
             if match:
                 pids.append(int(match.group(1)))
         assert len(pids) == 2
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, sig)
         _, err = proc.communicate(timeout=TIMEOUT_S)
     finally:
         if proc.poll() is None:

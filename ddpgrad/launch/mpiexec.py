@@ -43,8 +43,9 @@ def parse_hosts(text: str, where: str) -> list[tuple[str, int]]:
     """[(host, slots)] from hostfile lines or a -H list: "node-a:4", "node-a slots=4" or "node-a"
     (one slot); ``#`` starts a comment. ``where`` names the source in error messages."""
     hosts = []
-    for raw in text.replace(",", "\n").splitlines():
-        entry = raw.split("#", 1)[0].strip()
+    entries = [e for line in text.splitlines() for e in line.split("#", 1)[0].split(",")]
+    for raw in entries:
+        entry = raw.strip()
         if not entry:
             continue
         name, _, slots = entry.partition(":") if ":" in entry else entry.partition(" slots=")
