@@ -261,6 +261,20 @@ def test_ranks_get_torchrun_variables_thread_budget_and_rank_prefixed_lines(tmp_
 
 
 @needs_mpi
+def test_redrawn_and_unfinished_lines_pass_through_prefixed(tmp_path):
+    """A progress bar's "\\r" redraws each get the prefix (a terminal then overwrites the line);
+    a line still unfinished when the rank exits is ended, not lost."""
+    script = tmp_path / "bar.py"
+    script.write_text("import sys, time\nfor i in range(3):\n    sys.stderr.write(f'\\rbar {i}'); sys.stderr.flush()\n"
+                      "    time.sleep(0.3)\nsys.stderr.write('\\n')\nprint('no newline', end='')\n")
+    out = subprocess.run([sys.executable, "-m", "ddpgrad.launch", "-n", "1", str(script)], cwd=ROOT,
+                         env=clean_env(), capture_output=True, timeout=TIMEOUT_S)  # bytes: keep the \r
+    assert out.returncode == 0, out.stderr
+    assert b"\r[rank 0] bar 0\r[rank 0] bar 1\r[rank 0] bar 2\n" in out.stderr, out.stderr
+    assert out.stdout == b"[rank 0] no newline\n"
+
+
+@needs_mpi
 def test_rank0_only_drops_the_other_ranks_stdout_but_not_their_stderr(tmp_path):
     script = tmp_path / "report.py"
     script.write_text(RANK_REPORT)
@@ -311,6 +325,18 @@ def test_a_launch_mismatch_is_printed_once(tmp_path):
     assert out.returncode == 1
     assert out.stderr.count("LaunchError: init_process_group: the environment announces 8 ranks (WORLD_SIZE=8)") == 1, out.stderr
     assert "Traceback" not in out.stderr
+
+
+@needs_mpi
+def test_an_argparse_error_is_printed_once_with_argparses_status(tmp_path):
+    script = tmp_path / "cli.py"
+    script.write_text("import argparse\np = argparse.ArgumentParser()\np.add_argument('--epochs', type=int)\n"
+                      "p.parse_args()\n")
+    out = ddprun("-n", "2", "--max-restarts", "1", str(script), "--epochs", "many")
+    assert out.returncode == 2
+    error = "cli.py: error: argument --epochs: invalid int value: 'many'"
+    assert out.stderr.count(error) == 1 and out.stderr.count("usage: cli.py") == 1, out.stderr
+    assert "not restarting" in out.stderr
 
 
 HALF_BROKEN = textwrap.dedent("""

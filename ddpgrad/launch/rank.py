@@ -96,7 +96,8 @@ def prefix_output(rank: int, mode: str, sources: dict[int, int]):
         for piece in pieces:
             if fd in drop or not piece:
                 continue
-            if not (mid_line[fd] or piece.startswith(CONTROL) or piece.startswith(prefix)):
+            bare_return = piece == b"\r"  # moves the cursor back, nothing to attribute
+            if not (mid_line[fd] or bare_return or piece.startswith(CONTROL) or piece.startswith(prefix)):
                 piece = prefix + piece
             _write_all(sources[fd], piece)
             mid_line[fd] = not finished
@@ -168,10 +169,23 @@ def _start_prefixer(rank: int, mode: str):
 
 
 def _report_once(rank: int, text: str) -> int:
+    """Hand a user-error message to ddprun (which prints each distinct one once); status 1."""
     sys.stderr.flush()
     for line in text.rstrip("\n").split("\n"):
         _write_all(2, control_line(MESSAGE, rank, line))
     return 1
+
+
+def _argparse_errors_once(rank: int):
+    """argparse prints its usage error itself, on every rank: send it to ddprun instead, which
+    shows it once. Same text, same exit status 2; a parser class with its own ``error`` keeps it."""
+    import argparse  # noqa: PLC0415 - only the bootstrap, never the prefixer, needs it
+
+    def error(parser, message):
+        _report_once(rank, f"{parser.format_usage()}{parser.prog}: error: {message}")
+        sys.exit(2)
+
+    argparse.ArgumentParser.error = error
 
 
 def _script_traceback(exc: BaseException, script: str):
@@ -184,9 +198,10 @@ def _script_traceback(exc: BaseException, script: str):
 
 def run_script(script: str, args: list[str], rank: int) -> int:
     """Run ``script`` as ``__main__``; the exit status a plain ``python script.py`` would give."""
+    sys.argv = [script, *args]  # as given, like python script.py
     script = os.path.abspath(script)
-    sys.argv = [script, *args]
     sys.path[0] = os.path.dirname(script)
+    _argparse_errors_once(rank)
     try:
         runpy.run_path(script, run_name="__main__")
     except SystemExit as exc:
