@@ -111,8 +111,12 @@ class Job:
         stdin = subprocess.DEVNULL if sys.stdin is None or sys.stdin.isatty() else None
         # Its own session: a Ctrl-C at the terminal reaches ddprun alone, which then stops the
         # ranks quietly, instead of every rank printing a KeyboardInterrupt traceback.
-        proc = subprocess.Popen(self.command, env=self.env, stdin=stdin, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            proc = subprocess.Popen(self.command, env=self.env, stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise SystemExit(f"ddprun: can not run {self.command[0]}: {exc.strerror}; pass an MPI "
+                             "launcher that exists with --mpiexec") from None
         readers = [threading.Thread(target=self._forward, args=(pipe, stream), daemon=True)
                    for pipe, stream in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
         for reader in readers:

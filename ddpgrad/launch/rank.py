@@ -158,7 +158,7 @@ def _start_prefixer(rank: int, mode: str):
     code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
             f"import rank; rank.prefix_output({rank}, {mode!r}, {{{out_r}: 1, {err_r}: 2}})")
     subprocess.Popen([sys.executable, "-I", "-S", "-c", code], pass_fds=(out_r, err_r),
-                     stdin=subprocess.DEVNULL, start_new_session=False)
+                     stdin=subprocess.DEVNULL)
     for fd, target in ((out_w, 1), (err_w, 2)):
         os.dup2(fd, target)
         os.close(fd)
