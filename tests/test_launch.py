@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -272,6 +273,21 @@ def test_redrawn_and_unfinished_lines_pass_through_prefixed(tmp_path):
     assert out.returncode == 0, out.stderr
     assert b"\r[rank 0] bar 0\r[rank 0] bar 1\r[rank 0] bar 2\n" in out.stderr, out.stderr
     assert out.stdout == b"[rank 0] no newline\n"
+
+
+@needs_mpi
+def test_two_nodes_give_each_rank_its_node_local_rank_and_thread_budget(tmp_path):
+    """-H with two names for this machine: Hydra runs them as two nodes (it starts local ones
+    itself, no ssh), one rank each."""
+    if mpiexec_mod.flavor(mpiexec_mod.find_mpiexec()) != mpiexec_mod.HYDRA:
+        pytest.skip("needs MPICH's Hydra mpiexec")
+    script = tmp_path / "report.py"
+    script.write_text(RANK_REPORT)
+    out = ddprun("-H", f"{socket.gethostname()}:1,localhost:1", str(script), "0")
+    assert out.returncode == 0, out.stderr
+    for r in (0, 1):  # per node: 1 rank, so all this node's cores for its BLAS
+        assert (f"[rank {r}] rank {r} of 2 RANK={r} LOCAL_RANK=0 WORLD_SIZE=2 LOCAL_WORLD_SIZE=1 "
+                f"OPENBLAS_NUM_THREADS={CORES} args ['0']") in out.stdout.splitlines(), out.stdout
 
 
 @needs_mpi
