@@ -88,6 +88,12 @@ def test_mismatch_lines_say_expected_found_and_how_to_launch():
     assert "torchrun can not start an MPI job" in line and "`ddprun -n 4 train.py`" in line
 
 
+def test_a_stale_smaller_world_size_is_named_with_its_own_value():
+    line = announced({"PMI_SIZE": "4", "PMI_RANK": "1", "WORLD_SIZE": "2"}).mismatch(4, 1, script="train.py")
+    assert line.startswith("init_process_group: the environment announces 2 ranks (WORLD_SIZE=2), "
+                           "but MPI's world has 4 ranks: unset the stale variables")
+
+
 def test_the_mismatch_line_is_the_same_on_every_rank():
     """So that a launcher can print it once: sizes are named, not each rank's own index."""
     lines = {announced({**HYDRA_WITHOUT_PMI, "PMI_RANK": str(r)}).mismatch(1, 0, "x") for r in range(2)}

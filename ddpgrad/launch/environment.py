@@ -98,11 +98,11 @@ class Announcement:
         wrong = [c for c in self.claims if not c.holds(size, rank)]
         if not wrong:
             return None
-        expected = self.world_size
         # Sizes first: then the line is the same on every rank, and a launcher prints it once.
         shown = [c for c in wrong if c.kind != "rank"] or wrong
+        expected = Announcement(tuple(shown)).world_size
         found = f"MPI's world has {size} rank{'s' if size != 1 else ''}"
-        if shown is wrong and all(c.kind == "rank" for c in wrong):
+        if shown is wrong:  # only ranks are wrong
             found += f" and says this is rank {rank}"
         launchers = {c.launcher for c in shown}
         said = ", ".join(map(str, shown))
