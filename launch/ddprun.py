@@ -11,7 +11,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the clone's ddpgrad
 
 from ddpgrad.launch.cli import main  # noqa: E402
-from ddpgrad.launch.mpiexec import available_cores, blas_threads, find_mpiexec  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())

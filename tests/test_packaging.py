@@ -8,7 +8,6 @@ import subprocess
 import sys
 import tarfile
 import venv
-from pathlib import Path
 
 import pytest
 from launch_helpers import ROOT, clean_env
