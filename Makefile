@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 # `make train` installs only what training needs (MPI, the progress bar): 49 -> 27 s cold, measured.
 TRAIN_STAMP := $(if $(wildcard $(STAMP)),$(STAMP),$(VENV)/.installed-train)
 
-.PHONY: install train test test-unit test-mpi test-cluster bench clean
+.PHONY: install train test test-unit test-mpi test-cluster test-packaging bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ test-mpi: $(STAMP)
 # skipped with the reason otherwise), on 2 nodes x 1 rank and 2 x 2; see launch/simcluster.py.
 test-cluster: $(STAMP)
 	timeout -k 10 300 $(BIN)/python -m pytest -q -rs -p no:cacheprovider --timeout 240 tests/test_simcluster.py
+
+# The wheel, built from the sdist, in a fresh venv: `ddprun -n 2` of a script outside the clone,
+# and the sdist's own tests (about 30 s, so not part of `make test`).
+test-packaging: $(STAMP)
+	DDPGRAD_TEST_PACKAGING=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_packaging.py
 
 # PyTorch (CPU build, pinned: the wheel on the CI machine's disk) is a benchmark/test-only oracle.
 bench: $(STAMP)

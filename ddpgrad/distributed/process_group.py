@@ -27,11 +27,20 @@ class ReduceOp(enum.Enum):
     PRODUCT = "prod"
 
 
-def init_process_group(backend="auto", timeout=None, init_method=None, rank=None, world_size=None):
+def init_process_group(
+    backend: str = "auto",
+    timeout: float | datetime.timedelta | None = None,
+    init_method: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> None:
     """Join the job's ranks: "auto" picks MPI under an MPI launcher with >1 rank, else one process.
 
     ``timeout`` (seconds or a ``timedelta``) bounds every collective wait; default 10 minutes or
     ``$DDPGRAD_TIMEOUT``. Under MPI an uncaught exception on any rank then aborts the whole job.
+    Every world size and rank the environment announces (MPI launchers, srun, torchrun) must
+    match MPI's, else ``LaunchError`` says how to launch: a process started as one of N never
+    trains alone. ``backend="local"`` is a deliberate world of one and checks nothing.
     """
     global _default
     if isinstance(timeout, datetime.timedelta):

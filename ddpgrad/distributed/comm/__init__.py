@@ -7,7 +7,6 @@ choosing never imports mpi4py (and never initialises MPI) unless MPI is what run
 from __future__ import annotations
 
 import importlib.util
-import os
 
 from .base import (
     DEFAULT_TIMEOUT_S,
@@ -20,42 +19,18 @@ from .base import (
 )
 from .local import LocalCommunicator
 from .threads import RankFailed, ThreadsCommunicator, ThreadWorld, current_thread_communicator, launch_threads
+from ...launch.environment import LaunchError, announced, launcher_world_size, local_rank
 
-WORLD_SIZE_ENV = (
-    "PMI_SIZE",  # MPICH's Hydra mpiexec, Intel MPI, Slurm's srun --mpi=pmi2
-    "OMPI_COMM_WORLD_SIZE",  # Open MPI's mpirun
-    "MV2_COMM_WORLD_SIZE",  # MVAPICH2
-    "MPI_LOCALNRANKS",  # Hydra: ranks on this node (a lower bound on the world size)
-)
-LOCAL_RANK_ENV = (
-    "MPI_LOCALRANKID",  # MPICH's Hydra, Intel MPI
-    "OMPI_COMM_WORLD_LOCAL_RANK",  # Open MPI
-    "MV2_COMM_WORLD_LOCAL_RANK",  # MVAPICH2
-    "SLURM_LOCALID",  # srun
-)
 BACKENDS = ("auto", "mpi", "local", "threads")
-
-
-def launcher_world_size(environ=None) -> int:
-    """How many ranks the MPI launcher that started this process says there are (1 if none)."""
-    environ = os.environ if environ is None else environ
-    return max((int(environ[name]) for name in WORLD_SIZE_ENV if environ.get(name, "").isdigit()), default=1)
-
-
-def local_rank(environ=None) -> int:
-    """This rank's index among the ranks on its node (0 without a launcher): picks its GPU."""
-    environ = os.environ if environ is None else environ
-    for name in LOCAL_RANK_ENV:
-        if environ.get(name, "").isdigit():
-            return int(environ[name])
-    return 0
 
 
 def make_communicator(backend: str = "auto", timeout: float | None = None) -> Communicator:
     """A communicator for this process.
 
-    "auto": the ``launch_threads`` rank's communicator inside one; "mpi" when an MPI launcher
-    started more than one rank; else "local". "threads" works only inside ``launch_threads``.
+    "auto": the ``launch_threads`` rank's communicator inside one; "mpi" when the environment
+    announces more than one rank; else "local". "threads" works only inside ``launch_threads``.
+    With MPI, every world size and rank the environment announces must match MPI's (raises
+    ``LaunchError`` otherwise): a process started as one of N never trains alone.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -67,9 +42,12 @@ def make_communicator(backend: str = "auto", timeout: float | None = None) -> Co
             thread_comm.timeout = resolve_timeout(timeout)
         return thread_comm
     if backend == "auto":
-        ranks = launcher_world_size()
+        launch = announced()
+        ranks = launch.world_size
         if ranks < 2:
             return LocalCommunicator(timeout)
+        if launch.torchrun_only:
+            raise LaunchError(launch.torchrun_error())
         if importlib.util.find_spec("mpi4py") is None:
             raise ImportError(
                 f"this process was started by an MPI launcher with {ranks} ranks, but mpi4py is not "
@@ -78,9 +56,14 @@ def make_communicator(backend: str = "auto", timeout: float | None = None) -> Co
         backend = "mpi"
     if backend == "local":
         return LocalCommunicator(timeout)
-    from .mpi import MPICommunicator  # noqa: PLC0415 - keeps mpi4py out of non-MPI runs
+    from .mpi import MPICommunicator, mpi_module  # noqa: PLC0415 - keeps mpi4py out of non-MPI runs
 
-    return MPICommunicator(timeout=timeout)
+    comm = MPICommunicator(timeout=timeout)
+    library = " ".join(mpi_module().Get_library_version().split("\n", 1)[0].split())  # "MPICH Version: 5.0.2"
+    problem = announced().mismatch(comm.size, comm.rank, library)
+    if problem:
+        raise LaunchError(problem)
+    return comm
 
 
 __all__ = [
@@ -88,6 +71,7 @@ __all__ = [
     "CollectiveMismatch",
     "CollectiveTimeout",
     "Communicator",
+    "LaunchError",
     "LocalCommunicator",
     "RankFailed",
     "ThreadWorld",
