@@ -19,7 +19,7 @@ class Tensor:
 
     __slots__ = (
         "_data", "requires_grad", "grad", "grad_fn", "_vc", "_acc",
-        "_hooks", "_post_hooks", "_retains_grad", "__weakref__",
+        "_hooks", "_post_hooks", "_retains_grad", "_view", "__weakref__",
     )
     __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected operator
 
@@ -40,6 +40,7 @@ class Tensor:
         self._hooks = None
         self._post_hooks = None
         self._retains_grad = False
+        self._view = None  # (base, replay on tensors, same region of an array, base.grad_fn seen)
 
     @classmethod
     def _make(cls, array):
@@ -284,16 +285,7 @@ class Tensor:
     def contiguous(self):
         return self
 
-    # ------------------------------------------------------------------ in-place
-    def _check_inplace(self, what):
-        if self.requires_grad and grad_mode.state.enabled:
-            kind = "a leaf Variable that requires grad" if self.grad_fn is None else "a tensor that requires grad"
-            raise RuntimeError(
-                f"{what}: {kind} is being used in an in-place operation. Wrap the update in "
-                f"`with ddpgrad.no_grad():`, or use the out-of-place form (x = x + y)."
-            )
-        self._own_array()
-
+    # ------------------------------------------------------------------ in-place (rules in ops/inplace.py)
     def _own_array(self):
         """Make ``_data`` a writable array: NumPy returns 0-d results as immutable scalars."""
         if isinstance(self._data, np.generic):
@@ -304,59 +296,51 @@ class Tensor:
         self._vc[0] += 1
         return self
 
-    def _inplace(self, name, other, fn):
-        self._check_inplace(name)
-        other = other._data if isinstance(other, Tensor) else other
-        try:
-            # NumPy's and CuPy's default casting ("same_kind"): like PyTorch, a float result
-            # into an integer tensor is an error, not a silent truncation
-            fn(self._data, other, out=self._data)
-        except TypeError:
-            raise RuntimeError(
-                f"{name}: the result can't be cast to this tensor's dtype {self.dtype}; convert "
-                f"one side first (e.g. x = x.float())"
-            ) from None
-        return self._bump()
+    def _refresh_view(self):
+        """Give a view the current history of its base (after the base, or another view, was rebased)."""
+        base, replay, region, seen = self._view
+        if base.grad_fn is not seen:
+            self._view = (base, replay, region, base.grad_fn)
+            if base.requires_grad:
+                with grad_mode.enable_grad():
+                    self.grad_fn = replay(base).grad_fn
+                self.requires_grad = True
 
     def add_(self, other, alpha=1):
         if alpha != 1:
-            other = (other._data if isinstance(other, Tensor) else other) * alpha
-        return self._inplace("add_", other, backend.array_module(self._data).add)
+            other = other * alpha
+        return _inplace.arith_inplace(self, "add_", _ops.add, _xp(self).add, other)
 
     def sub_(self, other, alpha=1):
         if alpha != 1:
-            other = (other._data if isinstance(other, Tensor) else other) * alpha
-        return self._inplace("sub_", other, backend.array_module(self._data).subtract)
+            other = other * alpha
+        return _inplace.arith_inplace(self, "sub_", _ops.sub, _xp(self).subtract, other)
 
     def mul_(self, other):
-        return self._inplace("mul_", other, backend.array_module(self._data).multiply)
+        return _inplace.arith_inplace(self, "mul_", _ops.mul, _xp(self).multiply, other)
 
-    def div_(self, other):
-        return self._inplace("div_", other, backend.array_module(self._data).true_divide)
+    def div_(self, other, rounding_mode=None):
+        if rounding_mode is not None:
+            return _inplace.apply_inplace(self, "div_", _ops.div, other, rounding_mode=rounding_mode)
+        return _inplace.arith_inplace(self, "div_", _ops.div, _xp(self).true_divide, other)
 
     def zero_(self):
-        self._check_inplace("zero_")
-        self._data[...] = 0
-        return self._bump()
+        return self.fill_(0)
 
     def fill_(self, value):
-        self._check_inplace("fill_")
-        self._data[...] = value.item() if isinstance(value, Tensor) else value
-        return self._bump()
+        if not grad_mode.state.enabled or not (self.requires_grad or isinstance(value, Tensor) and value.requires_grad):
+            self._own_array()[...] = value.item() if isinstance(value, Tensor) else value
+            return self._bump()
+        return _inplace.apply_inplace(self, "fill_", _inplace.Overwrite.apply, value)
 
-    def copy_(self, src):
-        self._check_inplace("copy_")
-        src = src._data if isinstance(src, Tensor) else src
-        xp = backend.array_module(self._data)
-        if backend.array_module(src) is not xp:
-            src = backend.to_device(src, self.device)
-        xp.copyto(self._data, src, casting="unsafe")
-        return self._bump()
-
-    def clamp_(self, min=None, max=None):  # noqa: A002
-        self._check_inplace("clamp_")
-        backend.array_module(self._data).clip(self._data, min, max, out=self._data)
-        return self._bump()
+    def copy_(self, src, non_blocking=False):
+        if isinstance(src, Tensor) and src.device != self.device:
+            src = src.to(self.device)
+        if not grad_mode.state.enabled or not (self.requires_grad or isinstance(src, Tensor) and src.requires_grad):
+            data = src._data if isinstance(src, Tensor) else src
+            _xp(self).copyto(self._own_array(), data, casting="unsafe")
+            return self._bump()
+        return _inplace.apply_inplace(self, "copy_", _inplace.Overwrite.apply, src)
 
     def uniform_(self, a=0.0, b=1.0):
         from . import random
@@ -369,16 +353,25 @@ class Tensor:
         return self.copy_(random.normal_array(mean, std, self.shape, self.dtype, self.device))
 
     def __setitem__(self, index, value):
-        self._check_inplace("__setitem__")
+        index = _index_arrays(index)
+        if grad_mode.state.enabled and (self.requires_grad or isinstance(value, Tensor) and value.requires_grad):
+            _inplace.apply_inplace(self, "__setitem__", _inplace.IndexPut.apply, value, index=index)
+            return
         if isinstance(value, Tensor):
-            if value.requires_grad and grad_mode.state.enabled:
-                raise RuntimeError(
-                    "assigning a tensor that requires grad into another tensor is not supported: "
-                    "build the result with ddpgrad.where or ddpgrad.cat instead"
-                )
             value = value._data
-        self._data[_index_arrays(index)] = value
+        self._own_array()[index] = value
         self._bump()
+
+    def __iadd__(self, other): return self.add_(other)
+    def __isub__(self, other): return self.sub_(other)
+    def __imul__(self, other): return self.mul_(other)
+    def __itruediv__(self, other): return self.div_(other)
+    def __ifloordiv__(self, other): return self.floor_divide_(other)
+    def __imod__(self, other): return self.remainder_(other)
+    def __ipow__(self, other): return self.pow_(other)
+    def __iand__(self, other): return self.logical_and_(other) if self.dtype.kind == "b" else self.bitwise_and_(other)
+    def __ior__(self, other): return self.logical_or_(other) if self.dtype.kind == "b" else self.bitwise_or_(other)
+    def __ixor__(self, other): return self.logical_xor_(other) if self.dtype.kind == "b" else self.bitwise_xor_(other)
 
     # ------------------------------------------------------------------ python protocol
     def __len__(self):
@@ -422,7 +415,7 @@ class Tensor:
         if self.dtype not in (backend.get_default_dtype(), backend.int64, backend.bool_):
             extras.append(f"dtype=ddpgrad.{self.dtype.name}")
         if self.grad_fn is not None:
-            extras.append(f"grad_fn=<{self.grad_fn.name}>")
+            extras.append(f"grad_fn=<{self.grad_fn.name()}>")
         elif self.requires_grad:
             extras.append("requires_grad=True")
         return "tensor(" + body + "".join(", " + e for e in extras) + ")"
@@ -526,4 +519,9 @@ def is_tensor(obj):
     return isinstance(obj, Tensor)
 
 
+def _xp(t):
+    return backend.array_module(t._data)
+
+
 from . import ops as _ops  # noqa: E402  (ops build on Tensor)
+from .ops import inplace as _inplace  # noqa: E402

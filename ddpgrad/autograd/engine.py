@@ -162,7 +162,7 @@ def _fit_grads(node, grads):
     if m > n and all(g is None for g in grads[n:]):
         return grads[:n]
     raise RuntimeError(
-        f"{node.name} returned an incorrect number of gradients (expected {n}, got {m}): "
+        f"{node.name()} returned an incorrect number of gradients (expected {n}, got {m}): "
         f"backward must return one gradient per positional input of forward (None where there is none)"
     )
 
@@ -201,7 +201,7 @@ def _check_versions(node):
         if counter[0] != expected:
             raise RuntimeError(
                 f"one of the variables needed for gradient computation has been modified by an "
-                f"in-place operation: an input of {node.name} is at version {counter[0]}; expected "
+                f"in-place operation: an input of {node.name()} is at version {counter[0]}; expected "
                 f"version {expected} instead. Modify a copy (x = x.clone()) or do the in-place "
                 f"change after backward."
             )

@@ -55,9 +55,9 @@ class Function:
             raise RuntimeError(_FREED_MESSAGE)
         return self.saved
 
-    @property
     def name(self):
-        return type(self).__name__ + "Backward"
+        """The node's name, as PyTorch's ``grad_fn.name()``: ``MulBackward0``."""
+        return type(self).__name__ + "Backward0"
 
     def release(self):
         """Drop what forward kept for backward (the graph was used and not retained)."""
@@ -65,7 +65,7 @@ class Function:
         self.freed = True
 
     def __repr__(self):
-        return f"<{self.name}>"
+        return f"<{self.name()}>"
 
     @classmethod
     def apply(cls, *args, **kwargs):
@@ -75,6 +75,8 @@ class Function:
         first = None
         for a in args:
             if isinstance(a, Tensor):
+                if a._view is not None:
+                    a._refresh_view()
                 arr = a._data
                 if first is None:
                     first = arr
@@ -135,9 +137,8 @@ class AccumulateGrad:
     def __init__(self, variable):
         self.variable = variable
 
-    @property
     def name(self):
-        return "AccumulateGrad"
+        return "torch::autograd::AccumulateGrad"
 
     def __repr__(self):
         return "<AccumulateGrad>"

@@ -7,10 +7,14 @@ import collections
 
 import numpy as np
 
-from ..backend import array_module
+from ..autograd.function import Function
+from ..backend import array_module, get_default_dtype
 from ..tensor import Tensor, _index_arrays
-from . import arith, elementwise, reduce
+from . import arith, elementwise, reduce, scan
+from . import gather as gather_ops
 from . import shape as shape_ops
+from . import inplace as _inplace
+from .promotion import floating, promote, promote_types, result_type  # noqa: F401
 from .creation import (  # noqa: F401  (re-exported)
     arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like, linspace, ones,
     ones_like, rand, rand_like, randint, randn, randn_like, randperm, tensor, zeros, zeros_like,
@@ -24,10 +28,29 @@ def _scalar(x):
     return x.item() if isinstance(x, np.generic) else x
 
 
-def _binary(fn, a, b):
+def _binary(fn, a, b, **kwargs):
+    """Apply a binary op after PyTorch's type promotion (see ``promotion.py``)."""
+    if not isinstance(a, Tensor):
+        if not isinstance(b, Tensor):
+            a = tensor(a)
+        else:
+            a = _scalar(a)
+    elif not isinstance(b, Tensor):
+        b = _scalar(b)
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor) and a._data.dtype == b._data.dtype):
+        a, b, _ = promote(a, b)
+    return fn.apply(a, b, **kwargs)
+
+
+def _as_floats(a, b):
+    """Both operands of a true division: integer and bool tensors take the default float dtype."""
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         a = tensor(a)
-    return fn.apply(_scalar(a), _scalar(b))
+    target = result_type(_scalar(a), _scalar(b))
+    if target.kind not in "fc":
+        a = a.to(get_default_dtype()) if isinstance(a, Tensor) else a
+        b = b.to(get_default_dtype()) if isinstance(b, Tensor) else b
+    return a, b
 
 
 def add(a, b, alpha=1):
@@ -42,8 +65,20 @@ def mul(a, b):
     return _binary(arith.Mul, a, b)
 
 
-def div(a, b):
-    return _binary(arith.Div, a, b)
+def div(a, b, *, rounding_mode=None):
+    """``a / b``; ``rounding_mode='trunc'`` or ``'floor'`` rounds the quotient (no gradient)."""
+    if rounding_mode is None:
+        return _binary(arith.Div, *_as_floats(a, b))
+    if rounding_mode == "floor":
+        return floor_divide(a, b)
+    if rounding_mode != "trunc":
+        raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found {rounding_mode!r}")
+    q = floor_divide(a, b)
+    r = remainder(a, b)
+    xp = _xp(q)
+    q._data = xp.where((r._data != 0) & ((q._data < 0)), q._data + 1, q._data) \
+        if q.dtype.kind in "iu" else xp.trunc(_binary(arith.Div, *_as_floats(a, b)).detach()._data)
+    return q
 
 
 true_divide = divide = div
@@ -86,15 +121,15 @@ def where(condition, a, b):
 
 
 def exp(a):
-    return elementwise.Exp.apply(a)
+    return elementwise.Exp.apply(floating(a))
 
 
 def log(a):
-    return elementwise.Log.apply(a)
+    return elementwise.Log.apply(floating(a))
 
 
 def sqrt(a):
-    return elementwise.Sqrt.apply(a)
+    return elementwise.Sqrt.apply(floating(a))
 
 
 def abs(a):  # noqa: A001
@@ -102,11 +137,11 @@ def abs(a):  # noqa: A001
 
 
 def tanh(a):
-    return elementwise.Tanh.apply(a)
+    return elementwise.Tanh.apply(floating(a))
 
 
 def sigmoid(a):
-    return elementwise.Sigmoid.apply(a)
+    return elementwise.Sigmoid.apply(floating(a))
 
 
 def relu(a):
@@ -202,8 +237,16 @@ def log_softmax(a, dim, dtype=None):
     return reduce.LogSoftmax.apply(a, dim=dim)
 
 
-def _view_of(out, a):
-    out._vc = a._vc  # a view shares its base's version counter, as in PyTorch
+def _view_of(out, a, replay, region):
+    """Mark ``out`` as a view of ``a``: it shares ``a``'s version counter, as in PyTorch, and knows
+    how to find itself again in its base (``replay`` on tensors, ``region`` on arrays) so that
+    in-place changes through the view reach the base's history (see ``inplace.py``)."""
+    out._vc = a._vc
+    if a._view is not None:
+        base, replay0, region0, _ = a._view
+        out._view = (base, lambda b: replay(replay0(b)), lambda x: region(region0(x)), base.grad_fn)
+    else:
+        out._view = (a, replay, region, a.grad_fn)
     return out
 
 
@@ -214,7 +257,11 @@ def _shape_args(shape):
 
 
 def reshape(a, *shape):
-    return _view_of(shape_ops.Reshape.apply(a, _shape_args(shape)), a)
+    shape = _shape_args(shape)
+    out = shape_ops.Reshape.apply(a, shape)
+    if not _xp(a).may_share_memory(out._data, a._data):
+        return out  # NumPy had to copy (a non-contiguous input)
+    return _view_of(out, a, lambda b: reshape(b, shape), lambda x: x.reshape(shape))
 
 
 view = reshape
@@ -234,7 +281,7 @@ def flatten(a, start_dim=0, end_dim=-1):
 
 def permute(a, *dims):
     dims = tuple(reduce.wrap_dim(d, a.ndim) for d in _shape_args(dims))
-    return _view_of(shape_ops.Permute.apply(a, dims), a)
+    return _view_of(shape_ops.Permute.apply(a, dims), a, lambda b: permute(b, dims), lambda x: x.transpose(dims))
 
 
 def transpose(a, dim0, dim1):
@@ -242,7 +289,7 @@ def transpose(a, dim0, dim1):
     d0, d1 = reduce.wrap_dim(dim0, a.ndim), reduce.wrap_dim(dim1, a.ndim)
     if axes:
         axes[d0], axes[d1] = axes[d1], axes[d0]
-    return _view_of(shape_ops.Permute.apply(a, tuple(axes)), a)
+    return permute(a, axes)
 
 
 swapaxes = transpose
@@ -277,7 +324,8 @@ def expand(a, *sizes):
             f"tensor of shape {list(a.shape)})"
         )
     new = tuple(a.shape[i - lead] if n == -1 else n for i, n in enumerate(sizes))
-    return _view_of(shape_ops.Expand.apply(a, new), a)
+    xp = _xp(a)
+    return _view_of(shape_ops.Expand.apply(a, new), a, lambda b: expand(b, new), lambda x: xp.broadcast_to(x, new))
 
 
 def expand_as(a, other):
@@ -306,10 +354,23 @@ def stack(tensors, dim=0):
     return shape_ops.Stack.apply(*tensors, dim=d)
 
 
+def _is_view_index(idx):
+    items = idx if isinstance(idx, tuple) else (idx,)
+    for i in items:
+        if not (i is None or i is Ellipsis or isinstance(i, (int, slice, np.integer))) or isinstance(i, bool):
+            return False
+    return True
+
+
 def index(a, idx):
+    """``a[idx]``: a view for ints, slices, None and ``...``; a copy for index arrays and masks."""
     idx = _index_arrays(idx)
-    out = shape_ops.Index.apply(a, idx)
-    return out if shape_ops._is_advanced(idx) else _view_of(out, a)
+    if not _is_view_index(idx):
+        return shape_ops.Index.apply(a, idx)
+    items = idx if isinstance(idx, tuple) else (idx,)
+    if not _builtins.any(i is Ellipsis for i in items):
+        idx = items + (Ellipsis,)  # NumPy then returns a 0-d view, not a scalar copy
+    return _view_of(shape_ops.Index.apply(a, idx), a, lambda b: index(b, idx), lambda x: x[idx])
 
 
 def clone(a):
@@ -318,6 +379,533 @@ def clone(a):
 
 def masked_fill(a, mask, value):
     return where(mask, value, a)
+
+
+_dims = reduce  # ``scatter`` has an argument named ``reduce``
+_index_view = index  # ``select`` and friends have an argument named ``index``
+
+
+# -------------------------------------------------------------------- the elementwise family
+def _floating_unary(cls):
+    def op(input, *, out=None):  # noqa: A002 - PyTorch's argument name
+        if out is not None:
+            raise TypeError(f"{cls.__name__.lower()}(): out= is not supported; assign the result instead")
+        return cls.apply(floating(input))
+
+    op.__name__ = op.__qualname__ = cls.__name__.lower()
+    op.__doc__ = f"Elementwise {cls.__doc__}; integer inputs give the default float dtype."
+    return op
+
+
+sin = _floating_unary(elementwise.Sin)
+cos = _floating_unary(elementwise.Cos)
+tan = _floating_unary(elementwise.Tan)
+asin = arcsin = _floating_unary(elementwise.Asin)
+acos = arccos = _floating_unary(elementwise.Acos)
+atan = arctan = _floating_unary(elementwise.Atan)
+sinh = _floating_unary(elementwise.Sinh)
+cosh = _floating_unary(elementwise.Cosh)
+asinh = arcsinh = _floating_unary(elementwise.Asinh)
+acosh = arccosh = _floating_unary(elementwise.Acosh)
+atanh = arctanh = _floating_unary(elementwise.Atanh)
+exp2 = _floating_unary(elementwise.Exp2)
+expm1 = _floating_unary(elementwise.Expm1)
+log1p = _floating_unary(elementwise.Log1p)
+log2 = _floating_unary(elementwise.Log2)
+log10 = _floating_unary(elementwise.Log10)
+rsqrt = _floating_unary(elementwise.Rsqrt)
+reciprocal = _floating_unary(elementwise.Reciprocal)
+erf = _floating_unary(elementwise.Erf)
+erfc = _floating_unary(elementwise.Erfc)
+frac = _floating_unary(elementwise.Frac)
+silu = _floating_unary(elementwise.Silu)
+mish = _floating_unary(elementwise.Mish)
+logsigmoid = _floating_unary(elementwise.LogSigmoid)
+softsign = _floating_unary(elementwise.Softsign)
+tanhshrink = _floating_unary(elementwise.Tanhshrink)
+hardsigmoid = _floating_unary(elementwise.Hardsigmoid)
+hardswish = _floating_unary(elementwise.Hardswish)
+
+
+def square(input):  # noqa: A002
+    return elementwise.Square.apply(input)
+
+
+def _rounding(cls):
+    def op(input):  # noqa: A002
+        if input.dtype.kind in "iub":
+            return input.clone()  # already whole numbers
+        return cls.apply(input)
+
+    op.__name__ = op.__qualname__ = cls.__name__.lower()
+    op.__doc__ = f"Elementwise {cls.__doc__} (gradient 0)."
+    return op
+
+
+floor = _rounding(elementwise.Floor)
+ceil = _rounding(elementwise.Ceil)
+trunc = fix = _rounding(elementwise.Trunc)
+
+
+def round(input, *, decimals=0):  # noqa: A001,A002
+    """Round half to even, to ``decimals`` places (gradient 0)."""
+    if input.dtype.kind in "iub" and decimals >= 0:
+        return input.clone()
+    return elementwise.Round.apply(input, decimals=decimals)
+
+
+def sign(input):  # noqa: A002
+    if input.dtype.kind == "b":
+        return input.clone()
+    return elementwise.Sign.apply(input)
+
+
+sgn = sign
+
+
+def softplus(input, beta=1.0, threshold=20.0):  # noqa: A002
+    return elementwise.Softplus.apply(floating(input), beta=beta, threshold=threshold)
+
+
+def leaky_relu(input, negative_slope=0.01):  # noqa: A002
+    return elementwise.LeakyRelu.apply(input, negative_slope=negative_slope)
+
+
+def elu(input, alpha=1.0):  # noqa: A002
+    return elementwise.Elu.apply(floating(input), alpha=alpha)
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717  # from Klambauer et al. (2017), as PyTorch
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def selu(input):  # noqa: A002
+    return elementwise.Elu.apply(floating(input), alpha=_SELU_ALPHA, scale=_SELU_SCALE)
+
+
+def celu(input, alpha=1.0):  # noqa: A002
+    return elementwise.Elu.apply(floating(input), alpha=alpha, input_scale=1.0 / alpha)
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0):  # noqa: A002
+    return elementwise.Hardtanh.apply(input, min_val=min_val, max_val=max_val)
+
+
+def relu6(input):  # noqa: A002
+    return hardtanh(input, 0.0, 6.0)
+
+
+def atan2(input, other):  # noqa: A002
+    return _binary(elementwise.Atan2, *_as_floats(input, other))
+
+
+arctan2 = atan2
+
+
+def clamp_min(input, min):  # noqa: A002
+    return clamp(input, min=min)
+
+
+def clamp_max(input, max):  # noqa: A002
+    return clamp(input, max=max)
+
+
+def lerp(input, end, weight):  # noqa: A002
+    """``input + weight * (end - input)``."""
+    return input + weight * (end - input)
+
+
+def addcmul(input, tensor1, tensor2, *, value=1):  # noqa: A002
+    return input + value * (tensor1 * tensor2)
+
+
+def addcdiv(input, tensor1, tensor2, *, value=1):  # noqa: A002
+    return input + value * (tensor1 / tensor2)
+
+
+def hypot(input, other):  # noqa: A002
+    return sqrt(input * input + other * other)
+
+
+def logaddexp(input, other):  # noqa: A002
+    m = maximum(input, other).detach()
+    return m + log(exp(input - m) + exp(other - m))
+
+
+def xlogy(input, other):  # noqa: A002
+    return where(input == 0, 0.0, input * log(other))
+
+
+def outer(input, vec2):  # noqa: A002
+    return mul(unsqueeze(input, 1), unsqueeze(vec2, 0))
+
+
+ger = outer
+
+
+def dot(input, other):  # noqa: A002
+    if input.ndim != 1 or other.ndim != 1:
+        raise RuntimeError(f"1D tensors expected, but got {input.ndim}D and {other.ndim}D tensors")
+    return matmul(input, other)
+
+
+inner = vdot = dot
+
+
+def mv(input, vec):  # noqa: A002
+    return matmul(input, vec)
+
+
+def addmm(input, mat1, mat2, *, beta=1, alpha=1):  # noqa: A002
+    return beta * input + alpha * matmul(mat1, mat2)
+
+
+# -------------------------------------------------------------------- reductions and scans
+def prod(input, dim=None, keepdim=False, *, dtype=None):  # noqa: A002
+    a = input if dtype is None else input.to(dtype)
+    if dim is not None:
+        dim = reduce.wrap_dim(dim, a.ndim)
+    return scan.Prod.apply(a, dim=dim, keepdim=keepdim)
+
+
+def cumsum(input, dim, *, dtype=None):  # noqa: A002
+    a = input if dtype is None else input.to(dtype)
+    if a.dtype.kind in "biu" and dtype is None:
+        a = a.long()
+    return scan.Cumsum.apply(a, dim=reduce.wrap_dim(dim, a.ndim))
+
+
+def cumprod(input, dim, *, dtype=None):  # noqa: A002
+    a = input if dtype is None else input.to(dtype)
+    if a.dtype.kind in "biu" and dtype is None:
+        a = a.long()
+    return scan.Cumprod.apply(a, dim=reduce.wrap_dim(dim, a.ndim))
+
+
+def norm(input, p="fro", dim=None, keepdim=False, dtype=None):  # noqa: A002
+    """The vector p-norm (``'fro'``: 2-norm of all entries) over ``dim``."""
+    a = input if dtype is None else input.to(dtype)
+    if p in ("fro", None):
+        p = 2.0
+    if p == "nuc":
+        raise NotImplementedError("norm(p='nuc') (the nuclear norm) is not supported")
+    return reduce.Norm.apply(floating(a), p=float(p), dim=dim, keepdim=keepdim)
+
+
+def dist(input, other, p=2):  # noqa: A002
+    return norm(input - other, p)
+
+
+# -------------------------------------------------------------------- index and order
+def gather(input, dim, index, *, sparse_grad=False):  # noqa: A002
+    """``out[i][j] = input[index[i][j]][j]`` for dim 0, and so on (PyTorch's gather)."""
+    d = reduce.wrap_dim(dim, input.ndim)
+    return gather_ops.Gather.apply(input, index._data, dim=d)
+
+
+def scatter(input, dim, index, src=None, *, value=None, reduce=None):  # noqa: A002
+    """A copy of ``input`` with ``src`` (or ``value``) written at ``index`` along ``dim``."""
+    if reduce is not None:
+        if reduce != "add":
+            raise NotImplementedError(f"scatter(reduce={reduce!r}): only 'add' is supported; use scatter_add")
+        return scatter_add(input, dim, index, src)
+    if src is None:
+        src = value
+    if src is None:
+        raise TypeError("scatter() needs src (a tensor) or value (a number)")
+    d = _dims.wrap_dim(dim, input.ndim)
+    if isinstance(src, Tensor):
+        src = src.to(input.dtype) if src.dtype != input.dtype else src
+    else:
+        src = _scalar(src)
+    return gather_ops.Scatter.apply(input, index._data, src, dim=d)
+
+
+def scatter_add(input, dim, index, src):  # noqa: A002
+    d = _dims.wrap_dim(dim, input.ndim)
+    src = src.to(input.dtype) if src.dtype != input.dtype else src
+    return gather_ops.Scatter.apply(input, index._data, src, dim=d, add=True)
+
+
+def index_select(input, dim, index):  # noqa: A002
+    d = reduce.wrap_dim(dim, input.ndim)
+    return shape_ops.Index.apply(input, (slice(None),) * d + (index._data.reshape(-1),))
+
+
+def index_add(input, dim, index, source, *, alpha=1):  # noqa: A002
+    """A copy of ``input`` with ``alpha * source`` added at ``index`` along ``dim``."""
+    d = reduce.wrap_dim(dim, input.ndim)
+    return _IndexAdd.apply(input, source * alpha if alpha != 1 else source,
+                           index=(slice(None),) * d + (index._data,))
+
+
+def index_fill(input, dim, index, value):  # noqa: A002
+    d = reduce.wrap_dim(dim, input.ndim)
+    mask = zeros(input.shape[d], dtype=np.bool_, device=input.device)
+    mask._data[index._data] = True
+    shape = [1] * input.ndim
+    shape[d] = input.shape[d]
+    return where(reshape(mask, shape), value, input)
+
+
+def masked_select(input, mask):  # noqa: A002
+    return index(input, expand(mask, input.shape) if mask.shape != input.shape else mask)
+
+
+def take(input, index):  # noqa: A002
+    return shape_ops.Index.apply(reshape(input, -1), index._data)
+
+
+def take_along_dim(input, indices, dim):  # noqa: A002
+    d = reduce.wrap_dim(dim, input.ndim)
+    return gather_ops.Gather.apply(input, indices._data, dim=d)
+
+
+def sort(input, dim=-1, descending=False, stable=False):  # noqa: A002
+    d = reduce.wrap_dim(dim, input.ndim)
+    idx = _argsort_array(input._data, d, descending)
+    return values_indices(gather_ops.TakeAlong.apply(input, idx, dim=d), Tensor._make(idx))
+
+
+def _argsort_array(data, dim, descending):
+    xp = array_module(data)
+    if data.ndim == 0:
+        return xp.zeros((), dtype=np.int64)
+    if descending:
+        # a stable descending order: sort the reversed axis ascending on negated keys
+        keys = -data if data.dtype.kind in "fi" else ~data if data.dtype.kind == "b" else data.max() - data
+        return xp.argsort(keys, axis=dim, kind="stable").astype(np.int64)
+    return xp.argsort(data, axis=dim, kind="stable").astype(np.int64)
+
+
+def argsort(input, dim=-1, descending=False, stable=False):  # noqa: A002
+    return sort(input, dim, descending, stable).indices
+
+
+def msort(input):  # noqa: A002
+    return sort(input, 0).values
+
+
+def topk(input, k, dim=-1, largest=True, sorted=True):  # noqa: A002
+    d = reduce.wrap_dim(dim, input.ndim)
+    n = input.shape[d] if input.ndim else 1
+    if not 0 <= k <= n:
+        raise RuntimeError(f"topk: selected index k={k} out of range for a dimension of size {n}")
+    order = _argsort_array(input._data, d, largest)
+    xp = array_module(order)
+    idx = xp.take(order, range(k), axis=d) if input.ndim else order
+    return values_indices(gather_ops.TakeAlong.apply(input, idx, dim=d), Tensor._make(idx))
+
+
+def kthvalue(input, k, dim=-1, keepdim=False):  # noqa: A002
+    values, indices = sort(input, dim)
+    d = reduce.wrap_dim(dim, input.ndim)
+    v = select(values, d, k - 1)
+    i = select(indices, d, k - 1)
+    if keepdim:
+        v, i = unsqueeze(v, d), unsqueeze(i, d)
+    return values_indices(v, i)
+
+
+def median(input, dim=None, keepdim=False):  # noqa: A002
+    """The lower median (as PyTorch); with ``dim``: (values, indices)."""
+    if dim is None:
+        flat = reshape(input, -1)
+        return kthvalue(flat, (flat.shape[0] + 1) // 2, 0).values
+    n = input.shape[reduce.wrap_dim(dim, input.ndim)]
+    return kthvalue(input, (n + 1) // 2, dim, keepdim)
+
+
+# -------------------------------------------------------------------- split, join, rearrange
+def select(input, dim, index):  # noqa: A002
+    d = reduce.wrap_dim(dim, input.ndim)
+    return _index_view(input, (slice(None),) * d + (index,))
+
+
+def narrow(input, dim, start, length):  # noqa: A002
+    d = reduce.wrap_dim(dim, input.ndim)
+    return _index_view(input, (slice(None),) * d + (slice(start, start + length),))
+
+
+def split(tensor, split_size_or_sections, dim=0):
+    """Views of consecutive pieces along ``dim``: equal ``split_size`` (the last may be smaller) or the given sizes."""
+    d = reduce.wrap_dim(dim, tensor.ndim)
+    n = tensor.shape[d]
+    if isinstance(split_size_or_sections, int):
+        step = split_size_or_sections
+        if step <= 0 and n:
+            raise RuntimeError(f"split: split_size must be positive, got {step}")
+        sizes = [_builtins.min(step, n - i) for i in range(0, n, step)] if n else [0]
+    else:
+        sizes = list(split_size_or_sections)
+        if _builtins.sum(sizes) != n:
+            raise RuntimeError(
+                f"split_with_sizes expects split_sizes to sum exactly to {n} (input tensor's size at "
+                f"dimension {d}), but got split_sizes={sizes}"
+            )
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(narrow(tensor, d, start, size))
+        start += size
+    return tuple(pieces)
+
+
+def tensor_split(input, indices_or_sections, dim=0):  # noqa: A002
+    d = reduce.wrap_dim(dim, input.ndim)
+    n = input.shape[d]
+    if isinstance(indices_or_sections, int):
+        q, r = divmod(n, indices_or_sections)
+        sizes = [q + 1] * r + [q] * (indices_or_sections - r)
+    else:
+        bounds = [0] + list(indices_or_sections) + [n]
+        sizes = [_builtins.max(0, b - a) for a, b in zip(bounds, bounds[1:])]
+    return split(input, sizes, d)
+
+
+def chunk(input, chunks, dim=0):  # noqa: A002
+    """At most ``chunks`` views of size ceil(n / chunks) along ``dim``."""
+    if chunks <= 0:
+        raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
+    n = input.shape[reduce.wrap_dim(dim, input.ndim)]
+    return split(input, _builtins.max(1, -(-n // chunks)), dim)
+
+
+def unbind(input, dim=0):  # noqa: A002
+    d = reduce.wrap_dim(dim, input.ndim)
+    return tuple(select(input, d, i) for i in range(input.shape[d]))
+
+
+def flip(input, dims):  # noqa: A002
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    return shape_ops.Flip.apply(input, dims=tuple(reduce.wrap_dim(d, input.ndim) for d in dims))
+
+
+def fliplr(input):  # noqa: A002
+    return flip(input, 1)
+
+
+def flipud(input):  # noqa: A002
+    return flip(input, 0)
+
+
+def roll(input, shifts, dims=None):  # noqa: A002
+    if isinstance(shifts, (list, tuple)):
+        shifts = tuple(shifts)
+    if isinstance(dims, (list, tuple)):
+        dims = tuple(reduce.wrap_dim(d, input.ndim) for d in dims)
+    elif dims is not None:
+        dims = reduce.wrap_dim(dims, input.ndim)
+    return shape_ops.Roll.apply(input, shifts, dims=dims)
+
+
+def tile(input, dims):  # noqa: A002
+    dims = tuple(dims)
+    if len(dims) < input.ndim:
+        dims = (1,) * (input.ndim - len(dims)) + dims
+    return shape_ops.Repeat.apply(input, dims)
+
+
+def repeat_interleave(input, repeats, dim=None, *, output_size=None):  # noqa: A002
+    """Each element repeated ``repeats`` times (an int, or one count per element) along ``dim``."""
+    a = reshape(input, -1) if dim is None else input
+    d = 0 if dim is None else reduce.wrap_dim(dim, input.ndim)
+    xp = _xp(a)
+    counts = repeats._data if isinstance(repeats, Tensor) else repeats
+    idx = xp.repeat(xp.arange(a.shape[d]), counts)
+    return index_select(a, d, Tensor._make(idx))
+
+
+def movedim(input, source, destination):  # noqa: A002
+    src = [source] if isinstance(source, int) else list(source)
+    dst = [destination] if isinstance(destination, int) else list(destination)
+    src = [reduce.wrap_dim(s, input.ndim) for s in src]
+    dst = [reduce.wrap_dim(s, input.ndim) for s in dst]
+    order = [i for i in range(input.ndim) if i not in src]
+    for d, s in sorted(zip(dst, src)):
+        order.insert(d, s)
+    return permute(input, order)
+
+
+moveaxis = movedim
+
+
+def tril(input, diagonal=0):  # noqa: A002
+    xp = _xp(input)
+    keep = xp.tril(xp.ones(input.shape[-2:], dtype=bool), diagonal)
+    return where(Tensor._make(keep), input, 0)
+
+
+def triu(input, diagonal=0):  # noqa: A002
+    xp = _xp(input)
+    keep = xp.triu(xp.ones(input.shape[-2:], dtype=bool), diagonal)
+    return where(Tensor._make(keep), input, 0)
+
+
+def diagonal(input, offset=0, dim1=0, dim2=1):  # noqa: A002
+    n, m = input.shape[dim1], input.shape[dim2]
+    rows = np.arange(_builtins.max(0, -offset), _builtins.min(n, m - offset))
+    moved = movedim(input, (dim1, dim2), (-2, -1))
+    return moved[..., Tensor._make(rows), Tensor._make(rows + offset)]
+
+
+def diag(input, diagonal=0):  # noqa: A002
+    if input.ndim == 2:
+        return globals()["diagonal"](input, diagonal)
+    n = input.shape[0] + _builtins.abs(diagonal)
+    out = zeros(n, n, dtype=input.dtype, device=input.device)
+    rows = np.arange(input.shape[0]) + _builtins.max(0, -diagonal)
+    return _IndexAdd.apply(out, input, index=(rows, rows + diagonal))
+
+
+def trace(input):  # noqa: A002
+    return sum(diagonal(input))
+
+
+def einsum(equation, *operands):
+    """Einstein summation: ``einsum('ij,jk->ik', a, b)``; ``...`` and implicit outputs allowed."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    inputs, output = _parse_einsum(equation.replace(" ", ""), operands)
+    return shape_ops.Einsum.apply(*operands, inputs=tuple(inputs), output=output)
+
+
+def _parse_einsum(equation, operands):
+    lhs, arrow, rhs = equation.partition("->")
+    inputs = lhs.split(",")
+    if len(inputs) != len(operands):
+        raise RuntimeError(f"einsum(): {len(inputs)} operands in the equation {equation!r}, {len(operands)} given")
+    used = set(equation) - set(".,->")
+    spare = iter(c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in used)
+    ellipsis = ""
+    if "..." in equation:
+        width = _builtins.max(op.ndim - (len(s) - 3) for s, op in zip(inputs, operands) if "..." in s)
+        ellipsis = "".join(next(spare) for _ in range(width))
+        inputs = [s.replace("...", ellipsis[width - (op.ndim - (len(s) - 3)):]) if "..." in s else s
+                  for s, op in zip(inputs, operands)]
+    if arrow:
+        output = rhs.replace("...", ellipsis)
+    else:
+        letters = "".join(inputs)
+        output = ellipsis + "".join(sorted(c for c in set(letters) if letters.count(c) == 1 and c not in ellipsis))
+    for s, op in zip(inputs, operands):
+        if len(s) != op.ndim:
+            raise RuntimeError(f"einsum(): the subscripts {s!r} do not fit an operand of shape {list(op.shape)}")
+    return inputs, output
+
+
+class _IndexAdd(Function):
+    """``a`` with ``value`` added at ``index`` (repeated positions accumulate)."""
+
+    @staticmethod
+    def forward(ctx, a, value, index=None):
+        ctx.index = index
+        out = a.copy()
+        array_module(a).add.at(out, index, value)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad[ctx.index]
 
 
 # -------------------------------------------------------------------- no-gradient results
@@ -372,11 +960,21 @@ def logical_not(a):
 
 
 def floor_divide(a, b):
+    """``a // b`` rounded toward minus infinity (no gradient, as PyTorch)."""
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        a = tensor(a)
+    a, b, _ = promote(_scalar(a), _scalar(b))
     return _nograd(_xp(a if isinstance(a, Tensor) else b).floor_divide, a, b)
 
 
 def remainder(a, b):
-    return _nograd(_xp(a if isinstance(a, Tensor) else b).remainder, a, b)
+    """``a - floor(a / b) * b``: the sign of ``b``, as Python's ``%``."""
+    return _binary(elementwise.Remainder, a, b)
+
+
+def fmod(a, b):
+    """``a - trunc(a / b) * b``: the sign of ``a``, as C's ``fmod``."""
+    return _binary(elementwise.Remainder, a, b, truncate=True)
 
 
 def equal(a, b):
@@ -424,6 +1022,61 @@ def all(a, dim=None, keepdim=False):  # noqa: A001
     return Tensor._make(_xp(a).all(a._data, axis=dim, keepdims=keepdim))
 
 
+def isinf(a):
+    return Tensor._make(_xp(a).isinf(a._data))
+
+
+def isposinf(a):
+    return Tensor._make(_xp(a).isposinf(a._data))
+
+
+def isneginf(a):
+    return Tensor._make(_xp(a).isneginf(a._data))
+
+
+def nan_to_num(a, nan=0.0, posinf=None, neginf=None):
+    """Replace NaN and infinities (no gradient through the replaced entries' positions' values)."""
+    xp = _xp(a)
+    data = a._data
+    info = np.finfo(data.dtype) if data.dtype.kind == "f" else None
+    pos = posinf if posinf is not None else (info.max if info else 0)
+    neg = neginf if neginf is not None else (info.min if info else 0)
+    out = where(Tensor._make(xp.isnan(data)), nan, a)
+    out = where(Tensor._make(xp.isposinf(data)), pos, out)
+    return where(Tensor._make(xp.isneginf(data)), neg, out)
+
+
+def count_nonzero(a, dim=None):
+    return Tensor._make(_xp(a).asarray(_xp(a).count_nonzero(a._data, axis=dim), dtype=np.int64))
+
+
+def nonzero(a, *, as_tuple=False):
+    idx = _xp(a).nonzero(a._data)
+    if as_tuple:
+        return tuple(Tensor._make(i.astype(np.int64)) for i in idx)
+    return Tensor._make(_xp(a).stack(idx, axis=-1).astype(np.int64))
+
+
+def argwhere(a):
+    return nonzero(a)
+
+
+def _bitwise(ufunc_name):
+    def op(a, b=None):
+        if b is None:
+            return Tensor._make(getattr(_xp(a), ufunc_name)(a._data))
+        return _nograd(getattr(_xp(a if isinstance(a, Tensor) else b), ufunc_name), a, b)
+
+    op.__name__ = ufunc_name.replace("invert", "bitwise_not")
+    return op
+
+
+bitwise_and = _bitwise("bitwise_and")
+bitwise_or = _bitwise("bitwise_or")
+bitwise_xor = _bitwise("bitwise_xor")
+bitwise_not = _bitwise("invert")
+
+
 def numel(a):
     return a.numel()
 
@@ -433,31 +1086,77 @@ def is_floating_point(a):
 
 
 # -------------------------------------------------------------------- Tensor methods
-def _install_methods():
-    def method(fn):
-        return lambda self, *args, **kwargs: fn(self, *args, **kwargs)
+_METHODS = [
+    "add", "sub", "mul", "div", "pow", "neg", "matmul", "mm", "bmm", "maximum", "minimum", "exp",
+    "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "clamp", "clip", "sum", "mean", "var",
+    "std", "max", "min", "amax", "amin", "logsumexp", "softmax", "log_softmax", "reshape",
+    "view", "flatten", "permute", "transpose", "t", "squeeze", "unsqueeze", "expand",
+    "expand_as", "eq", "ne", "lt", "le", "gt", "ge", "argmax", "argmin", "masked_fill",
+    "isnan", "isfinite", "logical_not", "logical_and", "logical_or", "logical_xor", "multiply",
+    "divide", "subtract", "true_divide", "negative", "swapaxes", "floor_divide", "remainder",
+    "fmod", "any", "all", "sin", "cos", "tan", "asin", "acos", "atan", "arcsin", "arccos",
+    "arctan", "sinh", "cosh", "asinh", "acosh", "atanh", "exp2", "expm1", "log1p", "log2",
+    "log10", "rsqrt", "reciprocal", "erf", "erfc", "frac", "square", "floor", "ceil", "trunc",
+    "fix", "round", "sign", "sgn", "atan2", "arctan2", "clamp_min", "clamp_max", "lerp",
+    "addcmul", "addcdiv", "hypot", "logaddexp", "xlogy", "outer", "ger", "dot", "inner", "mv",
+    "addmm", "prod", "cumsum", "cumprod", "norm", "dist", "gather", "scatter", "scatter_add",
+    "index_select", "index_add", "index_fill", "masked_select", "take", "take_along_dim",
+    "sort", "argsort", "msort", "topk", "kthvalue", "median", "select", "narrow", "split",
+    "tensor_split", "chunk", "unbind", "flip", "fliplr", "flipud", "roll", "tile",
+    "repeat_interleave", "movedim", "moveaxis", "tril", "triu", "diagonal", "diag", "trace",
+    "softplus", "silu", "mish", "hardtanh", "leaky_relu", "elu", "relu6", "logsigmoid",
+    "isclose", "isinf", "nan_to_num", "count_nonzero", "bitwise_and", "bitwise_or",
+    "bitwise_xor", "bitwise_not", "nonzero", "argwhere",
+]
+# ``x.op_(...)``: the same op written into ``x`` (rules in inplace.py)
+_INPLACE = [
+    "pow", "clamp", "clip", "exp", "log", "sqrt", "abs", "neg", "negative", "tanh", "sigmoid",
+    "relu", "floor_divide", "remainder", "fmod", "masked_fill", "logical_and", "logical_or",
+    "logical_xor", "logical_not", "sin", "cos", "tan", "asin", "acos", "atan", "arcsin", "arccos",
+    "arctan", "sinh", "cosh", "asinh", "acosh", "atanh", "exp2", "expm1", "log1p", "log2",
+    "log10", "rsqrt", "reciprocal", "erf", "erfc", "frac", "square", "floor", "ceil", "trunc",
+    "fix", "round", "sign", "sgn", "atan2", "clamp_min", "clamp_max", "lerp", "addcmul",
+    "addcdiv", "hypot", "xlogy", "scatter", "scatter_add", "index_add", "index_fill", "tril",
+    "triu", "cumsum", "cumprod", "nan_to_num", "bitwise_and", "bitwise_or", "bitwise_xor",
+    "bitwise_not", "multiply", "subtract", "divide", "true_divide", "addmm", "hardtanh",
+    "leaky_relu", "elu", "silu", "softplus", "mish",
+]
 
-    names = [
-        "add", "sub", "mul", "div", "pow", "neg", "matmul", "mm", "bmm", "maximum", "minimum", "exp",
-        "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "clamp", "clip", "sum", "mean", "var",
-        "std", "max", "min", "amax", "amin", "logsumexp", "softmax", "log_softmax", "reshape",
-        "view", "flatten", "permute", "transpose", "t", "squeeze", "unsqueeze", "expand",
-        "expand_as", "eq", "ne", "lt", "le", "gt", "ge", "argmax", "argmin", "masked_fill",
-        "isnan", "isfinite", "logical_not", "logical_and", "logical_or", "multiply", "divide",
-        "subtract", "true_divide", "negative", "swapaxes", "floor_divide", "remainder", "any", "all",
-    ]
+
+def _method(fn):
+    def method(self, *args, **kwargs):
+        return fn(self, *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = fn.__name__
+    method.__doc__ = fn.__doc__
+    return method
+
+
+def _inplace_method(name, fn):
+    def method(self, *args, **kwargs):
+        return _inplace.apply_inplace(self, name, fn, *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"In-place ``{name[:-1]}``: writes the result into this tensor."
+    return method
+
+
+def _install_methods():
     g = globals()
-    for name in names:
-        if not hasattr(Tensor, name):
-            setattr(Tensor, name, method(g[name]))
+    for name in _METHODS:
+        if name in g and not hasattr(Tensor, name):
+            setattr(Tensor, name, _method(g[name]))
+    for name in _INPLACE:
+        if name in g and not hasattr(Tensor, name + "_"):
+            setattr(Tensor, name + "_", _inplace_method(name + "_", g[name]))
     Tensor.view_as = lambda self, other: reshape(self, other.shape)
     Tensor.reshape_as = Tensor.view_as
     Tensor.where = lambda self, condition, other: where(condition, self, other)
-    Tensor.square = lambda self: mul(self, self)
     Tensor.equal = equal
     Tensor.allclose = allclose
-    Tensor.__rmatmul__ = lambda self, other: matmul(other, self)
     Tensor.gelu = lambda self, approximate="none": gelu(self, approximate)
+    Tensor.repeat = lambda self, *sizes: shape_ops.Repeat.apply(self, _shape_args(sizes))
+    Tensor.split = lambda self, split_size, dim=0: split(self, split_size, dim)
 
 
 _install_methods()
