@@ -404,6 +404,11 @@ class Tensor:
 
     __hash__ = object.__hash__
 
+    def __format__(self, spec):
+        if self._data.ndim == 0:
+            return format(self.item(), spec)  # f"{loss:.4f}", as PyTorch
+        return object.__format__(self, spec)
+
     def __repr__(self):
         body = np.array2string(
             np.asarray(backend.to_device(self._data, backend.CPU)),

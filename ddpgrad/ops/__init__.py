@@ -14,7 +14,7 @@ from . import arith, elementwise, reduce, scan
 from . import gather as gather_ops
 from . import shape as shape_ops
 from . import inplace as _inplace
-from .promotion import floating, promote, promote_types, result_type  # noqa: F401
+from .promotion import floating, promote, promote_types, result_type  # noqa: F401  (the last two: PyTorch names)
 from .creation import (  # noqa: F401  (re-exported)
     arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like, linspace, ones,
     ones_like, rand, rand_like, randint, randn, randn_like, randperm, tensor, zeros, zeros_like,
@@ -1165,5 +1165,6 @@ _install_methods()
 __all__ = [
     name for name, value in list(globals().items())
     if not name.startswith("_") and callable(value) and not isinstance(value, type)
+    and name not in ("floating", "promote")
     and getattr(value, "__module__", "").startswith("ddpgrad.ops")
 ] + ["values_indices"]

@@ -33,7 +33,7 @@ def as_array(data, dtype=None, device=None):
         array = array.astype(dtype)
     elif isinstance(data, (Tensor, np.ndarray)) or backend.is_cuda_array(data):
         array = array.copy()
-    if device is not None:
+    if device is not None or backend.get_default_device() != backend.CPU:
         array = backend.to_device(array, backend.as_device(device))
     return array
 
