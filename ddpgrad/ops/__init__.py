@@ -24,8 +24,12 @@ values_indices = collections.namedtuple("values_indices", ["values", "indices"])
 
 
 def _scalar(x):
-    """NumPy scalars become Python numbers, so they never promote a float32 tensor to float64."""
-    return x.item() if isinstance(x, np.generic) else x
+    """NumPy scalars become Python numbers and raw arrays tensors, so that both promote as in PyTorch."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if hasattr(x, "__array_interface__") or hasattr(x, "__cuda_array_interface__"):
+        return Tensor._make(x)
+    return x
 
 
 def _binary(fn, a, b, **kwargs):

@@ -15,6 +15,8 @@ values then raises instead of using them).
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..autograd import grad_mode
 from ..autograd.function import Function
 from ..backend import array_module, get_default_dtype
@@ -161,6 +163,10 @@ def arith_inplace(self, name, fn, ufunc, other):
     """``self (op)= other`` for add/sub/mul/div: one ufunc into ``self``'s array outside the graph."""
     if grad_mode.state.enabled and (self.requires_grad or (isinstance(other, Tensor) and other.requires_grad)):
         return apply_inplace(self, name, fn, other)
+    if isinstance(other, np.generic):
+        other = other.item()  # a NumPy scalar counts as a Python number, a raw array as a tensor
+    elif not isinstance(other, Tensor) and hasattr(other, "dtype"):
+        other = Tensor._make(other)
     target = result_type(self, other)
     if name == "div_" and target.kind not in "fc":
         target = get_default_dtype()  # true division of integers gives floats

@@ -66,8 +66,8 @@ def result_type(*operands):
             slot, dtype = (0 if x._data.ndim else 1), x._data.dtype
         elif x is None:
             continue
-        elif hasattr(x, "dtype") and getattr(x, "ndim", 0):
-            slot, dtype = 0, x.dtype  # a raw array counts as a tensor
+        elif hasattr(x, "dtype") and not isinstance(x, np.generic):
+            slot, dtype = (0 if x.ndim else 1), x.dtype  # a raw array counts as a tensor
         else:
             slot, dtype = 2, _number_dtype(x)
         ranked[slot] = dtype if ranked[slot] is None else promote_types(ranked[slot], dtype)
