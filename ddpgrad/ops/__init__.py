@@ -57,31 +57,31 @@ def _as_floats(a, b):
     return a, b
 
 
-def add(a, b, alpha=1):
-    return _binary(arith.Add, a, b if alpha == 1 else b * alpha)
+def add(input, other, alpha=1):
+    return _binary(arith.Add, input, other if alpha == 1 else other * alpha)
 
 
-def sub(a, b, alpha=1):
-    return _binary(arith.Sub, a, b if alpha == 1 else b * alpha)
+def sub(input, other, alpha=1):
+    return _binary(arith.Sub, input, other if alpha == 1 else other * alpha)
 
 
-def mul(a, b):
-    return _binary(arith.Mul, a, b)
+def mul(input, other):
+    return _binary(arith.Mul, input, other)
 
 
-def div(a, b, *, rounding_mode=None):
+def div(input, other, *, rounding_mode=None):
     """``a / b``; ``rounding_mode='trunc'`` or ``'floor'`` rounds the quotient (no gradient)."""
     if rounding_mode is None:
-        return _binary(arith.Div, *_as_floats(a, b))
+        return _binary(arith.Div, *_as_floats(input, other))
     if rounding_mode == "floor":
-        return floor_divide(a, b)
+        return floor_divide(input, other)
     if rounding_mode != "trunc":
         raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found {rounding_mode!r}")
-    q = floor_divide(a, b)
-    r = remainder(a, b)
+    q = floor_divide(input, other)
+    r = remainder(input, other)
     xp = _xp(q)
     q._data = xp.where((r._data != 0) & ((q._data < 0)), q._data + 1, q._data) \
-        if q.dtype.kind in "iu" else xp.trunc(_binary(arith.Div, *_as_floats(a, b)).detach()._data)
+        if q.dtype.kind in "iu" else xp.trunc(_binary(arith.Div, *_as_floats(input, other)).detach()._data)
     return q
 
 
@@ -90,30 +90,30 @@ multiply = mul
 subtract = sub
 
 
-def pow(a, b):  # noqa: A001 - PyTorch's name
-    return _binary(arith.Pow, a, b)
+def pow(input, exponent):  # noqa: A001 - PyTorch's name
+    return _binary(arith.Pow, input, exponent)
 
 
-def neg(a):
-    return arith.Neg.apply(a)
+def neg(input):
+    return arith.Neg.apply(input)
 
 
 negative = neg
 
 
-def matmul(a, b):
-    return arith.Matmul.apply(a, b)
+def matmul(input, other):
+    return arith.Matmul.apply(input, other)
 
 
 mm = bmm = matmul
 
 
-def maximum(a, b):
-    return _binary(arith.Maximum, a, b)
+def maximum(input, other):
+    return _binary(arith.Maximum, input, other)
 
 
-def minimum(a, b):
-    return _binary(arith.Minimum, a, b)
+def minimum(input, other):
+    return _binary(arith.Minimum, input, other)
 
 
 def where(condition, a, b):
@@ -124,58 +124,58 @@ def where(condition, a, b):
     return arith.Where.apply(cond, _scalar(a), _scalar(b))
 
 
-def exp(a):
-    return elementwise.Exp.apply(floating(a))
+def exp(input):
+    return elementwise.Exp.apply(floating(input))
 
 
-def log(a):
-    return elementwise.Log.apply(floating(a))
+def log(input):
+    return elementwise.Log.apply(floating(input))
 
 
-def sqrt(a):
-    return elementwise.Sqrt.apply(floating(a))
+def sqrt(input):
+    return elementwise.Sqrt.apply(floating(input))
 
 
-def abs(a):  # noqa: A001
-    return elementwise.Abs.apply(a)
+def abs(input):  # noqa: A001
+    return elementwise.Abs.apply(input)
 
 
-def tanh(a):
-    return elementwise.Tanh.apply(floating(a))
+def tanh(input):
+    return elementwise.Tanh.apply(floating(input))
 
 
-def sigmoid(a):
-    return elementwise.Sigmoid.apply(floating(a))
+def sigmoid(input):
+    return elementwise.Sigmoid.apply(floating(input))
 
 
-def relu(a):
-    return elementwise.Relu.apply(a)
+def relu(input):
+    return elementwise.Relu.apply(input)
 
 
-def gelu(a, approximate="none"):
-    return elementwise.Gelu.apply(a, approximate=approximate)
+def gelu(input, approximate="none"):
+    return elementwise.Gelu.apply(input, approximate=approximate)
 
 
-def clamp(a, min=None, max=None):  # noqa: A002
+def clamp(input, min=None, max=None):  # noqa: A002
     if min is None and max is None:
         raise RuntimeError("clamp: at least one of 'min' or 'max' must not be None")
-    return elementwise.Clamp.apply(a, _scalar(min), _scalar(max))
+    return elementwise.Clamp.apply(input, _scalar(min), _scalar(max))
 
 
 clip = clamp
 
 
-def sum(a, dim=None, keepdim=False, dtype=None):  # noqa: A001
-    out = reduce.Sum.apply(a, dim=dim, keepdim=keepdim)
+def sum(input, dim=None, keepdim=False, dtype=None):  # noqa: A001
+    out = reduce.Sum.apply(input, dim=dim, keepdim=keepdim)
     return out if dtype is None else out.to(dtype)
 
 
-def mean(a, dim=None, keepdim=False):
-    if not a.is_floating_point():
+def mean(input, dim=None, keepdim=False):
+    if not input.is_floating_point():
         raise RuntimeError(
-            f"mean(): could not infer output dtype. Input dtype must be floating point, got {a.dtype}"
+            f"mean(): could not infer output dtype. Input dtype must be floating point, got {input.dtype}"
         )
-    return reduce.Mean.apply(a, dim=dim, keepdim=keepdim)
+    return reduce.Mean.apply(input, dim=dim, keepdim=keepdim)
 
 
 def _correction(unbiased, correction):
@@ -184,16 +184,16 @@ def _correction(unbiased, correction):
     return 1 if unbiased in (None, True) else 0
 
 
-def var(a, dim=None, unbiased=None, keepdim=False, *, correction=None):
+def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if isinstance(dim, bool):
         dim, unbiased = None, dim
-    return reduce.Var.apply(a, dim=dim, correction=_correction(unbiased, correction), keepdim=keepdim)
+    return reduce.Var.apply(input, dim=dim, correction=_correction(unbiased, correction), keepdim=keepdim)
 
 
-def std(a, dim=None, unbiased=None, keepdim=False, *, correction=None):
+def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if isinstance(dim, bool):
         dim, unbiased = None, dim
-    return reduce.Var.apply(a, dim=dim, correction=_correction(unbiased, correction), keepdim=keepdim,
+    return reduce.Var.apply(input, dim=dim, correction=_correction(unbiased, correction), keepdim=keepdim,
                             std=True)
 
 
@@ -210,35 +210,35 @@ def _extreme(a, dim, keepdim, largest):
     return values_indices(values, indices)
 
 
-def max(a, dim=None, keepdim=False):  # noqa: A001
+def max(input, dim=None, keepdim=False):  # noqa: A001
     """``max(x)``: the largest value; ``max(x, dim)``: (values, indices); ``max(x, y)``: elementwise."""
-    return _extreme(a, dim, keepdim, True)
+    return _extreme(input, dim, keepdim, True)
 
 
-def min(a, dim=None, keepdim=False):  # noqa: A001
-    return _extreme(a, dim, keepdim, False)
+def min(input, dim=None, keepdim=False):  # noqa: A001
+    return _extreme(input, dim, keepdim, False)
 
 
-def amax(a, dim=None, keepdim=False):
-    return reduce.MaxMin.apply(a, dim=dim, keepdim=keepdim, largest=True)
+def amax(input, dim=None, keepdim=False):
+    return reduce.MaxMin.apply(input, dim=dim, keepdim=keepdim, largest=True)
 
 
-def amin(a, dim=None, keepdim=False):
-    return reduce.MaxMin.apply(a, dim=dim, keepdim=keepdim, largest=False)
+def amin(input, dim=None, keepdim=False):
+    return reduce.MaxMin.apply(input, dim=dim, keepdim=keepdim, largest=False)
 
 
-def logsumexp(a, dim, keepdim=False):
-    return reduce.LogSumExp.apply(a, dim=dim, keepdim=keepdim)
+def logsumexp(input, dim, keepdim=False):
+    return reduce.LogSumExp.apply(input, dim=dim, keepdim=keepdim)
 
 
-def softmax(a, dim, dtype=None):
-    a = a if dtype is None else a.to(dtype)
-    return reduce.Softmax.apply(a, dim=dim)
+def softmax(input, dim, dtype=None):
+    input = input if dtype is None else input.to(dtype)
+    return reduce.Softmax.apply(input, dim=dim)
 
 
-def log_softmax(a, dim, dtype=None):
-    a = a if dtype is None else a.to(dtype)
-    return reduce.LogSoftmax.apply(a, dim=dim)
+def log_softmax(input, dim, dtype=None):
+    input = input if dtype is None else input.to(dtype)
+    return reduce.LogSoftmax.apply(input, dim=dim)
 
 
 def _view_of(out, a, replay, region):
@@ -260,80 +260,80 @@ def _shape_args(shape):
     return tuple(shape)
 
 
-def reshape(a, *shape):
+def reshape(input, *shape):
     shape = _shape_args(shape)
-    out = shape_ops.Reshape.apply(a, shape)
-    if not _xp(a).may_share_memory(out._data, a._data):
+    out = shape_ops.Reshape.apply(input, shape)
+    if not _xp(input).may_share_memory(out._data, input._data):
         return out  # NumPy had to copy (a non-contiguous input)
-    return _view_of(out, a, lambda b: reshape(b, shape), lambda x: x.reshape(shape))
+    return _view_of(out, input, lambda b: reshape(b, shape), lambda x: x.reshape(shape))
 
 
 view = reshape
 
 
-def flatten(a, start_dim=0, end_dim=-1):
-    if a.ndim == 0:
-        return reshape(a, 1)
-    s = reduce.wrap_dim(start_dim, a.ndim)
-    e = reduce.wrap_dim(end_dim, a.ndim)
+def flatten(input, start_dim=0, end_dim=-1):
+    if input.ndim == 0:
+        return reshape(input, 1)
+    s = reduce.wrap_dim(start_dim, input.ndim)
+    e = reduce.wrap_dim(end_dim, input.ndim)
     if s > e:
         raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
-    dims = a.shape
+    dims = input.shape
     new = dims[:s] + (int(np.prod(dims[s:e + 1])),) + dims[e + 1:]
-    return reshape(a, new)
+    return reshape(input, new)
 
 
-def permute(a, *dims):
-    dims = tuple(reduce.wrap_dim(d, a.ndim) for d in _shape_args(dims))
-    return _view_of(shape_ops.Permute.apply(a, dims), a, lambda b: permute(b, dims), lambda x: x.transpose(dims))
+def permute(input, *dims):
+    dims = tuple(reduce.wrap_dim(d, input.ndim) for d in _shape_args(dims))
+    return _view_of(shape_ops.Permute.apply(input, dims), input, lambda b: permute(b, dims), lambda x: x.transpose(dims))
 
 
-def transpose(a, dim0, dim1):
-    axes = list(range(a.ndim))
-    d0, d1 = reduce.wrap_dim(dim0, a.ndim), reduce.wrap_dim(dim1, a.ndim)
+def transpose(input, dim0, dim1):
+    axes = list(range(input.ndim))
+    d0, d1 = reduce.wrap_dim(dim0, input.ndim), reduce.wrap_dim(dim1, input.ndim)
     if axes:
         axes[d0], axes[d1] = axes[d1], axes[d0]
-    return permute(a, axes)
+    return permute(input, axes)
 
 
 swapaxes = transpose
 
 
-def t(a):
-    if a.ndim > 2:
-        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {a.ndim}D")
-    return a if a.ndim < 2 else transpose(a, 0, 1)
+def t(input):
+    if input.ndim > 2:
+        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {input.ndim}D")
+    return input if input.ndim < 2 else transpose(input, 0, 1)
 
 
-def squeeze(a, dim=None):
+def squeeze(input, dim=None):
     if dim is None:
-        new = tuple(n for n in a.shape if n != 1)
+        new = tuple(n for n in input.shape if n != 1)
     else:
-        dims = {reduce.wrap_dim(d, a.ndim) for d in ((dim,) if isinstance(dim, int) else dim)}
-        new = tuple(n for i, n in enumerate(a.shape) if not (i in dims and n == 1))
-    return reshape(a, new)
+        dims = {reduce.wrap_dim(d, input.ndim) for d in ((dim,) if isinstance(dim, int) else dim)}
+        new = tuple(n for i, n in enumerate(input.shape) if not (i in dims and n == 1))
+    return reshape(input, new)
 
 
-def unsqueeze(a, dim):
-    d = reduce.wrap_dim(dim, a.ndim + 1)
-    return reshape(a, a.shape[:d] + (1,) + a.shape[d:])
+def unsqueeze(input, dim):
+    d = reduce.wrap_dim(dim, input.ndim + 1)
+    return reshape(input, input.shape[:d] + (1,) + input.shape[d:])
 
 
-def expand(a, *sizes):
+def expand(input, *sizes):
     sizes = _shape_args(sizes)
-    lead = len(sizes) - a.ndim
+    lead = len(sizes) - input.ndim
     if -1 in sizes[:_builtins.max(lead, 0)]:
         raise RuntimeError(
             f"expand: size -1 is not allowed in a new leading dimension (sizes {list(sizes)} for a "
-            f"tensor of shape {list(a.shape)})"
+            f"tensor of shape {list(input.shape)})"
         )
-    new = tuple(a.shape[i - lead] if n == -1 else n for i, n in enumerate(sizes))
-    xp = _xp(a)
-    return _view_of(shape_ops.Expand.apply(a, new), a, lambda b: expand(b, new), lambda x: xp.broadcast_to(x, new))
+    new = tuple(input.shape[i - lead] if n == -1 else n for i, n in enumerate(sizes))
+    xp = _xp(input)
+    return _view_of(shape_ops.Expand.apply(input, new), input, lambda b: expand(b, new), lambda x: xp.broadcast_to(x, new))
 
 
-def expand_as(a, other):
-    return expand(a, other.shape)
+def expand_as(input, other):
+    return expand(input, other.shape)
 
 
 broadcast_to = expand
@@ -366,23 +366,23 @@ def _is_view_index(idx):
     return True
 
 
-def index(a, idx):
+def index(input, idx):
     """``a[idx]``: a view for ints, slices, None and ``...``; a copy for index arrays and masks."""
     idx = _index_arrays(idx)
     if not _is_view_index(idx):
-        return shape_ops.Index.apply(a, idx)
+        return shape_ops.Index.apply(input, idx)
     items = idx if isinstance(idx, tuple) else (idx,)
     if not _builtins.any(i is Ellipsis for i in items):
         idx = items + (Ellipsis,)  # NumPy then returns a 0-d view, not a scalar copy
-    return _view_of(shape_ops.Index.apply(a, idx), a, lambda b: index(b, idx), lambda x: x[idx])
+    return _view_of(shape_ops.Index.apply(input, idx), input, lambda b: index(b, idx), lambda x: x[idx])
 
 
-def clone(a):
-    return a.clone()
+def clone(input):
+    return input.clone()
 
 
-def masked_fill(a, mask, value):
-    return where(mask, value, a)
+def masked_fill(input, mask, value):
+    return where(mask, value, input)
 
 
 _dims = reduce  # ``scatter`` has an argument named ``reduce``
@@ -923,83 +923,83 @@ def _xp(a):
     return array_module(a._data) if isinstance(a, Tensor) else np
 
 
-def eq(a, b):
-    return _nograd(_xp(a).equal, a, b)
+def eq(input, other):
+    return _nograd(_xp(input).equal, input, other)
 
 
-def ne(a, b):
-    return _nograd(_xp(a).not_equal, a, b)
+def ne(input, other):
+    return _nograd(_xp(input).not_equal, input, other)
 
 
-def lt(a, b):
-    return _nograd(_xp(a).less, a, b)
+def lt(input, other):
+    return _nograd(_xp(input).less, input, other)
 
 
-def le(a, b):
-    return _nograd(_xp(a).less_equal, a, b)
+def le(input, other):
+    return _nograd(_xp(input).less_equal, input, other)
 
 
-def gt(a, b):
-    return _nograd(_xp(a).greater, a, b)
+def gt(input, other):
+    return _nograd(_xp(input).greater, input, other)
 
 
-def ge(a, b):
-    return _nograd(_xp(a).greater_equal, a, b)
+def ge(input, other):
+    return _nograd(_xp(input).greater_equal, input, other)
 
 
-def logical_and(a, b):
-    return _nograd(_xp(a).logical_and, a, b)
+def logical_and(input, other):
+    return _nograd(_xp(input).logical_and, input, other)
 
 
-def logical_or(a, b):
-    return _nograd(_xp(a).logical_or, a, b)
+def logical_or(input, other):
+    return _nograd(_xp(input).logical_or, input, other)
 
 
-def logical_xor(a, b):
-    return _nograd(_xp(a).logical_xor, a, b)
+def logical_xor(input, other):
+    return _nograd(_xp(input).logical_xor, input, other)
 
 
-def logical_not(a):
-    return Tensor._make(_xp(a).logical_not(a._data) if a.dtype.kind == "b" else ~a._data)
+def logical_not(input):
+    return Tensor._make(_xp(input).logical_not(input._data) if input.dtype.kind == "b" else ~input._data)
 
 
-def floor_divide(a, b):
+def floor_divide(input, other):
     """``a // b`` rounded toward minus infinity (no gradient, as PyTorch)."""
-    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
-        a = tensor(a)
-    a, b, _ = promote(_scalar(a), _scalar(b))
-    return _nograd(_xp(a if isinstance(a, Tensor) else b).floor_divide, a, b)
+    if not isinstance(input, Tensor) and not isinstance(other, Tensor):
+        input = tensor(input)
+    input, other, _ = promote(_scalar(input), _scalar(other))
+    return _nograd(_xp(input if isinstance(input, Tensor) else other).floor_divide, input, other)
 
 
-def remainder(a, b):
+def remainder(input, other):
     """``a - floor(a / b) * b``: the sign of ``b``, as Python's ``%``."""
-    return _binary(elementwise.Remainder, a, b)
+    return _binary(elementwise.Remainder, input, other)
 
 
-def fmod(a, b):
+def fmod(input, other):
     """``a - trunc(a / b) * b``: the sign of ``a``, as C's ``fmod``."""
-    return _binary(elementwise.Remainder, a, b, truncate=True)
+    return _binary(elementwise.Remainder, input, other, truncate=True)
 
 
-def equal(a, b):
+def equal(input, other):
     """True when both tensors have the same shape and values."""
-    return a.shape == b.shape and bool((a._data == b._data).all())
+    return input.shape == other.shape and bool((input._data == other._data).all())
 
 
-def allclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
-    return bool(_xp(a).allclose(a._data, b._data, rtol=rtol, atol=atol, equal_nan=equal_nan))
+def allclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):
+    return bool(_xp(input).allclose(input._data, other._data, rtol=rtol, atol=atol, equal_nan=equal_nan))
 
 
-def isclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
-    return Tensor._make(_xp(a).isclose(a._data, b._data, rtol=rtol, atol=atol, equal_nan=equal_nan))
+def isclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):
+    return Tensor._make(_xp(input).isclose(input._data, other._data, rtol=rtol, atol=atol, equal_nan=equal_nan))
 
 
-def isnan(a):
-    return Tensor._make(_xp(a).isnan(a._data))
+def isnan(input):
+    return Tensor._make(_xp(input).isnan(input._data))
 
 
-def isfinite(a):
-    return Tensor._make(_xp(a).isfinite(a._data))
+def isfinite(input):
+    return Tensor._make(_xp(input).isfinite(input._data))
 
 
 def _arg(fn, a, dim, keepdim):
@@ -1010,59 +1010,59 @@ def _arg(fn, a, dim, keepdim):
     return Tensor._make(xp.asarray(out, dtype=np.int64))
 
 
-def argmax(a, dim=None, keepdim=False):
-    return _arg(_xp(a).argmax, a, dim, keepdim)
+def argmax(input, dim=None, keepdim=False):
+    return _arg(_xp(input).argmax, input, dim, keepdim)
 
 
-def argmin(a, dim=None, keepdim=False):
-    return _arg(_xp(a).argmin, a, dim, keepdim)
+def argmin(input, dim=None, keepdim=False):
+    return _arg(_xp(input).argmin, input, dim, keepdim)
 
 
-def any(a, dim=None, keepdim=False):  # noqa: A001
-    return Tensor._make(_xp(a).any(a._data, axis=dim, keepdims=keepdim))
+def any(input, dim=None, keepdim=False):  # noqa: A001
+    return Tensor._make(_xp(input).any(input._data, axis=dim, keepdims=keepdim))
 
 
-def all(a, dim=None, keepdim=False):  # noqa: A001
-    return Tensor._make(_xp(a).all(a._data, axis=dim, keepdims=keepdim))
+def all(input, dim=None, keepdim=False):  # noqa: A001
+    return Tensor._make(_xp(input).all(input._data, axis=dim, keepdims=keepdim))
 
 
-def isinf(a):
-    return Tensor._make(_xp(a).isinf(a._data))
+def isinf(input):
+    return Tensor._make(_xp(input).isinf(input._data))
 
 
-def isposinf(a):
-    return Tensor._make(_xp(a).isposinf(a._data))
+def isposinf(input):
+    return Tensor._make(_xp(input).isposinf(input._data))
 
 
-def isneginf(a):
-    return Tensor._make(_xp(a).isneginf(a._data))
+def isneginf(input):
+    return Tensor._make(_xp(input).isneginf(input._data))
 
 
-def nan_to_num(a, nan=0.0, posinf=None, neginf=None):
+def nan_to_num(input, nan=0.0, posinf=None, neginf=None):
     """Replace NaN and infinities (no gradient through the replaced entries' positions' values)."""
-    xp = _xp(a)
-    data = a._data
+    xp = _xp(input)
+    data = input._data
     info = np.finfo(data.dtype) if data.dtype.kind == "f" else None
     pos = posinf if posinf is not None else (info.max if info else 0)
     neg = neginf if neginf is not None else (info.min if info else 0)
-    out = where(Tensor._make(xp.isnan(data)), nan, a)
+    out = where(Tensor._make(xp.isnan(data)), nan, input)
     out = where(Tensor._make(xp.isposinf(data)), pos, out)
     return where(Tensor._make(xp.isneginf(data)), neg, out)
 
 
-def count_nonzero(a, dim=None):
-    return Tensor._make(_xp(a).asarray(_xp(a).count_nonzero(a._data, axis=dim), dtype=np.int64))
+def count_nonzero(input, dim=None):
+    return Tensor._make(_xp(input).asarray(_xp(input).count_nonzero(input._data, axis=dim), dtype=np.int64))
 
 
-def nonzero(a, *, as_tuple=False):
-    idx = _xp(a).nonzero(a._data)
+def nonzero(input, *, as_tuple=False):
+    idx = _xp(input).nonzero(input._data)
     if as_tuple:
         return tuple(Tensor._make(i.astype(np.int64)) for i in idx)
-    return Tensor._make(_xp(a).stack(idx, axis=-1).astype(np.int64))
+    return Tensor._make(_xp(input).stack(idx, axis=-1).astype(np.int64))
 
 
-def argwhere(a):
-    return nonzero(a)
+def argwhere(input):
+    return nonzero(input)
 
 
 def _bitwise(ufunc_name):
@@ -1081,12 +1081,12 @@ bitwise_xor = _bitwise("bitwise_xor")
 bitwise_not = _bitwise("invert")
 
 
-def numel(a):
-    return a.numel()
+def numel(input):
+    return input.numel()
 
 
-def is_floating_point(a):
-    return a.is_floating_point()
+def is_floating_point(input):
+    return input.is_floating_point()
 
 
 # -------------------------------------------------------------------- Tensor methods
