@@ -116,12 +116,18 @@ def minimum(input, other):
     return _binary(arith.Minimum, input, other)
 
 
-def where(condition, a, b):
+def where(condition, input=None, other=None):  # noqa: A002
+    """``input`` where ``condition`` holds, else ``other`` (promoted as PyTorch); ``where(c)``: ``nonzero``."""
+    if input is None and other is None:
+        return nonzero(condition, as_tuple=True)
     cond = condition._data if isinstance(condition, Tensor) else condition
+    a, b = _scalar(input), _scalar(other)
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         # two numbers: the result gets PyTorch's dtype (float32 for floats), on cond's device
         a = tensor(a, device=condition.device if isinstance(condition, Tensor) else None)
-    return arith.Where.apply(cond, _scalar(a), _scalar(b))
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor) and a._data.dtype == b._data.dtype):
+        a, b, _ = promote(a, b)
+    return arith.Where.apply(cond, a, b)
 
 
 def exp(input):
