@@ -282,8 +282,44 @@ class Tensor:
 
         return Clone.apply(self)
 
-    def contiguous(self):
+    def contiguous(self, memory_format=None):
         return self
+
+    def is_contiguous(self, memory_format=None):
+        return bool(getattr(self._data, "flags", None) is None or self._data.flags.c_contiguous)
+
+    def stride(self, dim=None):
+        """Strides in elements, as PyTorch (NumPy counts bytes)."""
+        steps = tuple(s // self._data.itemsize for s in getattr(self._data, "strides", ()))
+        return steps if dim is None else steps[dim]
+
+    def get_device(self):
+        return -1 if self.device.type == "cpu" else self.device.index
+
+    def pin_memory(self):
+        return self
+
+    def share_memory_(self):
+        return self
+
+    def _new(self, factory, *args, dtype=None, device=None, requires_grad=False, **kwargs):
+        return factory(*args, dtype=dtype or self.dtype, device=device or self.device,
+                       requires_grad=requires_grad, **kwargs)
+
+    def new_zeros(self, *size, dtype=None, device=None, requires_grad=False):
+        return self._new(_ops.zeros, *size, dtype=dtype, device=device, requires_grad=requires_grad)
+
+    def new_ones(self, *size, dtype=None, device=None, requires_grad=False):
+        return self._new(_ops.ones, *size, dtype=dtype, device=device, requires_grad=requires_grad)
+
+    def new_empty(self, *size, dtype=None, device=None, requires_grad=False):
+        return self._new(_ops.empty, *size, dtype=dtype, device=device, requires_grad=requires_grad)
+
+    def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
+        return self._new(_ops.full, size, fill_value, dtype=dtype, device=device, requires_grad=requires_grad)
+
+    def new_tensor(self, data, dtype=None, device=None, requires_grad=False):
+        return self._new(_ops.tensor, data, dtype=dtype, device=device, requires_grad=requires_grad)
 
     # ------------------------------------------------------------------ in-place (rules in ops/inplace.py)
     def _own_array(self):
@@ -444,6 +480,10 @@ class Tensor:
     def __floordiv__(self, other): return _ops.floor_divide(self, other)
     def __rfloordiv__(self, other): return _ops.floor_divide(other, self)
     def __mod__(self, other): return _ops.remainder(self, other)
+    def __rmod__(self, other): return _ops.remainder(other, self)
+    def __rand__(self, other): return _ops.logical_and(other, self) if self.dtype.kind == "b" else _ops.bitwise_and(other, self)
+    def __ror__(self, other): return _ops.logical_or(other, self) if self.dtype.kind == "b" else _ops.bitwise_or(other, self)
+    def __rxor__(self, other): return _ops.logical_xor(other, self) if self.dtype.kind == "b" else _ops.bitwise_xor(other, self)
     def __eq__(self, other): return _ops.eq(self, other)  # noqa: D105
     def __ne__(self, other): return _ops.ne(self, other)
     def __lt__(self, other): return _ops.lt(self, other)

@@ -225,3 +225,71 @@ def test_bad_arguments_name_the_value():
         x.topk(4)
     with pytest.raises(RuntimeError, match="subscripts 'ijk'"):
         ddpgrad.einsum("ijk->i", x)
+
+
+COMPOSED = {
+    "meshgrid_ij": (lambda a, b: _lib(a).meshgrid(a.reshape(-1), b.reshape(-1), indexing="ij"), [(3,), (2,)]),
+    "meshgrid_xy": (lambda a, b: _lib(a).meshgrid(a.reshape(-1), b.reshape(-1), indexing="xy"), [(3,), (2,)]),
+    "cartesian_prod": (lambda a, b: _lib(a).cartesian_prod(a, b), [(3,), (2,)]),
+    "tensordot": (lambda a, b: _lib(a).tensordot(a, b, dims=([1, 2], [0, 1])), [(2, 3, 2), (3, 2, 2)]),
+    "kron": (lambda a, b: _lib(a).kron(a, b), [(2, 2), (2, 3)]),
+    "cross": (lambda a, b: _lib(a).cross(a, b, dim=1), [(2, 3), (2, 3)]),
+    "cdist": (lambda a, b: _lib(a).cdist(a, b), [(3, 2), (4, 2)]),
+    "hstack": (lambda a, b: _lib(a).hstack([a, b]), [(2, 3), (2, 2)]),
+    "vstack": (lambda a, b: _lib(a).vstack([a, b]), [(3,), (3,)]),
+    "column_stack": (lambda a, b: _lib(a).column_stack([a, b]), [(3,), (3, 2)]),
+    "dstack": (lambda a, b: _lib(a).dstack([a, b]), [(2, 3), (2, 3)]),
+    "rot90": (lambda a, b: _lib(a).rot90(a, 1, (0, 1)) + b, [(2, 3), (3, 2)]),
+    "rot90_k3": (lambda a, b: _lib(a).rot90(a, 3, (0, 1)) * b, [(2, 3), (3, 2)]),
+    "baddbmm": (lambda a, b: _lib(a).baddbmm(a[:, :, :2], a, b, beta=0.5, alpha=2), [(2, 2, 3), (2, 3, 2)]),
+    "var_mean": (lambda a, b: _lib(a).var_mean(a + b, dim=1), [(2, 3), (2, 3)]),
+    "std_mean": (lambda a, b: _lib(a).std_mean(a * b), [(2, 3), (2, 3)]),
+    "broadcast_tensors": (lambda a, b: _lib(a).broadcast_tensors(a, b), [(2, 1), (1, 3)]),
+    "inverse": (lambda a, b: _lib(a).inverse(a + 3 * _lib(a).eye(3, dtype=a.dtype)) @ b, [(3, 3), (3, 2)]),
+    "det": (lambda a, b: _lib(a).det(a + 2 * _lib(a).eye(3, dtype=a.dtype)) * b, [(3, 3), (2,)]),
+    "diag_embed": (lambda a, b: _lib(a).diag_embed(a) + b, [(2, 3), (3, 3)]),
+    "logit": (lambda a, b: _lib(a).logit(a) * b, [(2, 3), (2, 3)]),
+}
+
+
+@pytest.mark.parametrize("name", list(COMPOSED))
+def test_composed_ops_match_torch(name):
+    fn, shapes = COMPOSED[name]
+    low = 0.1 if name == "logit" else -2
+    high = 0.9 if name == "logit" else 2
+    helper_test_op(shapes, fn, low=low, high=high)
+
+
+def test_no_gradient_helpers_match_torch():
+    values = np.array([[3, 1, 4, 1], [5, 9, 2, 6]])
+    boundaries = np.array([1, 3, 5])
+    for name, call in {
+        "searchsorted": lambda lib: lib.searchsorted(lib.tensor(boundaries), lib.tensor(values)),
+        "bucketize_right": lambda lib: lib.bucketize(lib.tensor(values), lib.tensor(boundaries), right=True),
+        "unique": lambda lib: lib.unique(lib.tensor(values), return_inverse=True, return_counts=True),
+        "bincount": lambda lib: lib.bincount(lib.tensor(values).reshape(-1), minlength=12),
+        "isin": lambda lib: lib.isin(lib.tensor(values), lib.tensor(boundaries)),
+        "histc": lambda lib: lib.histc(lib.tensor(values).double(), bins=4, min=0, max=10),
+        "heaviside": lambda lib: lib.heaviside(lib.tensor(values - 3.0), lib.tensor(0.5, dtype=lib.float64)),
+        "rmod": lambda lib: 7 % lib.tensor(values + 1),
+        "new_full": lambda lib: lib.tensor(values).new_full((2, 2), 3),
+        "stride": lambda lib: lib.tensor(values).t().stride(),
+    }.items():
+        theirs, ours = call(torch), call(ddpgrad)
+        theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+        ours = ours if isinstance(ours, tuple) else (ours,)
+        for t, o in zip(theirs, ours):
+            if isinstance(t, int):
+                assert o == t, name
+            else:
+                assert_matches_torch(o, t, what=name)
+
+
+def test_shape_changing_in_place_methods_keep_values_and_history():
+    w = ddpgrad.tensor([1.0, 2.0], requires_grad=True)
+    h = w * 3
+    h.unsqueeze_(0)
+    assert h.shape == (1, 2)
+    h.t_()
+    (h * ddpgrad.tensor([[1.0], [2.0]])).sum().backward()
+    assert w.grad.tolist() == [3.0, 6.0]

@@ -1095,6 +1095,17 @@ def is_floating_point(input):
     return input.is_floating_point()
 
 
+from .extra import (  # noqa: E402,F401  (re-exported)
+    addbmm, addmv, atleast_1d, atleast_2d, baddbmm, bernoulli, bincount, broadcast_shapes,
+    broadcast_tensors, bucketize, cartesian_prod, cdist, column_stack, cross, det, diag_embed, diagflat,
+    dstack, heaviside, histc, hstack, inverse, is_nonzero, isin, kron, logdet, logit, meshgrid,
+    multinomial, normal, poisson, randint_like, rot90, row_stack, searchsorted, std_mean, tensordot,
+    unique, var_mean, vstack,
+)
+
+ravel = flatten
+
+
 # -------------------------------------------------------------------- Tensor methods
 _METHODS = [
     "add", "sub", "mul", "div", "pow", "neg", "matmul", "mm", "bmm", "maximum", "minimum", "exp",
@@ -1116,7 +1127,9 @@ _METHODS = [
     "repeat_interleave", "movedim", "moveaxis", "tril", "triu", "diagonal", "diag", "trace",
     "softplus", "silu", "mish", "hardtanh", "leaky_relu", "elu", "relu6", "logsigmoid",
     "isclose", "isinf", "nan_to_num", "count_nonzero", "bitwise_and", "bitwise_or",
-    "bitwise_xor", "bitwise_not", "nonzero", "argwhere",
+    "bitwise_xor", "bitwise_not", "nonzero", "argwhere", "ravel", "std_mean", "var_mean", "heaviside",
+    "logit", "inverse", "det", "logdet", "cross", "kron", "rot90", "diag_embed", "diagflat", "addmv",
+    "baddbmm", "addbmm", "bernoulli", "multinomial", "unique", "bincount", "histc", "isin", "tensordot",
 ]
 # ``x.op_(...)``: the same op written into ``x`` (rules in inplace.py)
 _INPLACE = [
@@ -1129,7 +1142,7 @@ _INPLACE = [
     "addcdiv", "hypot", "xlogy", "scatter", "scatter_add", "index_add", "index_fill", "tril",
     "triu", "cumsum", "cumprod", "nan_to_num", "bitwise_and", "bitwise_or", "bitwise_xor",
     "bitwise_not", "multiply", "subtract", "divide", "true_divide", "addmm", "hardtanh",
-    "leaky_relu", "elu", "silu", "softplus", "mish",
+    "leaky_relu", "elu", "silu", "softplus", "mish", "logit", "heaviside",
 ]
 
 
@@ -1167,6 +1180,20 @@ def _install_methods():
     Tensor.gelu = lambda self, approximate="none": gelu(self, approximate)
     Tensor.repeat = lambda self, *sizes: shape_ops.Repeat.apply(self, _shape_args(sizes))
     Tensor.split = lambda self, split_size, dim=0: split(self, split_size, dim)
+    for name, fn in (("unsqueeze_", unsqueeze), ("squeeze_", squeeze), ("t_", t), ("transpose_", transpose),
+                     ("swapaxes_", transpose), ("resize_", reshape), ("flatten_", flatten)):
+        setattr(Tensor, name, _reshaping_method(name, fn))
+
+
+def _reshaping_method(name, fn):
+    """``x.unsqueeze_(0)`` and friends: ``x`` takes the new shape (its values and history stay)."""
+    def method(self, *args, **kwargs):
+        out = fn(self, *args, **kwargs)
+        self._data, self.grad_fn = out._data, out.grad_fn
+        return self
+
+    method.__name__ = method.__qualname__ = name
+    return method
 
 
 _install_methods()
