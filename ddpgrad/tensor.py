@@ -1,4 +1,10 @@
-"""``Tensor``: an array (NumPy or CuPy) plus what autograd needs to differentiate through it."""
+"""``Tensor``: an array (NumPy or CuPy) plus what autograd needs to differentiate through it.
+
+This module is the bottom of the autograd layer: it imports only the backend. It holds the data,
+its attributes and Python's protocols; every method that computes (``x + y``, ``x.sum()``,
+``x.add_()``, ``x.to()``, ``x.backward()``) is bound onto the class from one table in
+``ddpgrad/ops/methods.py``, once the ops it calls exist.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,6 @@ import weakref
 import numpy as np
 
 from . import backend
-from .autograd import grad_mode
 
 
 class Tensor:
@@ -24,8 +29,6 @@ class Tensor:
     __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected operator
 
     def __init__(self, data, dtype=None, requires_grad=False, device=None):
-        from .ops.creation import as_array
-
         self._init(as_array(data, dtype=dtype, device=device))
         if requires_grad:
             self.requires_grad_(True)
@@ -102,14 +105,6 @@ class Tensor:
         return self.grad_fn is None
 
     @property
-    def T(self):  # noqa: N802 - PyTorch's name
-        return self.permute(*reversed(range(self.ndim)))
-
-    @property
-    def mT(self):  # noqa: N802
-        return self.transpose(-2, -1)
-
-    @property
     def _version(self):
         return self._vc[0]
 
@@ -117,12 +112,6 @@ class Tensor:
         return self._data.dtype.kind == "f"
 
     # ------------------------------------------------------------------ autograd
-    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
-        """Compute the gradient of this tensor with respect to the graph leaves."""
-        from .autograd import backward
-
-        backward([self], None if gradient is None else [gradient], retain_graph, create_graph, inputs)
-
     def requires_grad_(self, requires_grad=True):
         if not requires_grad and self.grad_fn is not None:
             raise RuntimeError(
@@ -194,13 +183,6 @@ class Tensor:
         self._post_hooks.append(hook)
         return _RemovableHandle(self._post_hooks, hook)
 
-    def _accumulator(self):
-        if self._acc is None:
-            from .autograd.function import AccumulateGrad
-
-            self._acc = AccumulateGrad(self)
-        return self._acc
-
     # ------------------------------------------------------------------ conversion
     def item(self):
         if self._data.size != 1:
@@ -212,75 +194,12 @@ class Tensor:
     def tolist(self):
         return self._data.tolist()
 
-    def numpy(self):
-        """The array itself on the CPU (no copy; writes show in the tensor, as in PyTorch)."""
-        if self.requires_grad and grad_mode.state.enabled:
-            raise RuntimeError(
-                "Can't call numpy() on a Tensor that requires grad. Use tensor.detach().numpy()"
-            )
-        if backend.is_cuda_array(self._data):
-            raise TypeError(
-                "can't convert a cuda tensor to numpy: use tensor.cpu() to copy it to the host first"
-            )
-        return self._own_array()
-
     def __array__(self, dtype=None, copy=None):
         # np.asarray(t) shares memory, np.array(t) (copy=True) must not
         data = np.asarray(backend.to_device(self._data, backend.CPU))  # 0-d results: NumPy scalars
         if dtype is not None:
             return data.astype(dtype, copy=bool(copy))
         return data.copy() if copy else data
-
-    def to(self, *args, **kwargs):
-        """Cast to a dtype and/or move to a device: ``to(dtype)``, ``to(device)``, ``to(other)``."""
-        dtype, dev = parse_to_args(args, kwargs)
-        out = self
-        if dev is not None and dev != self.device:
-            from .ops.shape import ToDevice
-
-            out = ToDevice.apply(out, dev)
-        if dtype is not None and dtype != out.dtype:
-            from .ops.shape import Cast
-
-            out = Cast.apply(out, dtype)
-        return out
-
-    def cpu(self):
-        return self.to("cpu")
-
-    def cuda(self, device=None):
-        return self.to(backend.device("cuda", device) if device is None or isinstance(device, int) else device)
-
-    def float(self):
-        return self.to(backend.float32)
-
-    def double(self):
-        return self.to(backend.float64)
-
-    def half(self):
-        return self.to(backend.float16)
-
-    def long(self):
-        return self.to(backend.int64)
-
-    def int(self):
-        return self.to(backend.int32)
-
-    def bool(self):
-        return self.to(backend.bool_)
-
-    def type(self, dtype=None):
-        if dtype is None:
-            return f"ddpgrad.{self.dtype.name.capitalize()}Tensor"
-        return self.to(dtype)
-
-    def type_as(self, other):
-        return self.to(other.dtype)
-
-    def clone(self):
-        from .ops.shape import Clone
-
-        return Clone.apply(self)
 
     def contiguous(self, memory_format=None):
         return self
@@ -302,26 +221,7 @@ class Tensor:
     def share_memory_(self):
         return self
 
-    def _new(self, factory, *args, dtype=None, device=None, requires_grad=False, **kwargs):
-        return factory(*args, dtype=dtype or self.dtype, device=device or self.device,
-                       requires_grad=requires_grad, **kwargs)
-
-    def new_zeros(self, *size, dtype=None, device=None, requires_grad=False):
-        return self._new(_ops.zeros, *size, dtype=dtype, device=device, requires_grad=requires_grad)
-
-    def new_ones(self, *size, dtype=None, device=None, requires_grad=False):
-        return self._new(_ops.ones, *size, dtype=dtype, device=device, requires_grad=requires_grad)
-
-    def new_empty(self, *size, dtype=None, device=None, requires_grad=False):
-        return self._new(_ops.empty, *size, dtype=dtype, device=device, requires_grad=requires_grad)
-
-    def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
-        return self._new(_ops.full, size, fill_value, dtype=dtype, device=device, requires_grad=requires_grad)
-
-    def new_tensor(self, data, dtype=None, device=None, requires_grad=False):
-        return self._new(_ops.tensor, data, dtype=dtype, device=device, requires_grad=requires_grad)
-
-    # ------------------------------------------------------------------ in-place (rules in ops/inplace.py)
+    # ------------------------------------------------------------------ in-place bookkeeping
     def _own_array(self):
         """Make ``_data`` a writable array: NumPy returns 0-d results as immutable scalars."""
         if isinstance(self._data, np.generic):
@@ -331,83 +231,6 @@ class Tensor:
     def _bump(self):
         self._vc[0] += 1
         return self
-
-    def _refresh_view(self):
-        """Give a view the current history of its base (after the base, or another view, was rebased)."""
-        base, replay, region, seen = self._view
-        if base.grad_fn is not seen:
-            self._view = (base, replay, region, base.grad_fn)
-            if base.requires_grad:
-                with grad_mode.enable_grad():
-                    self.grad_fn = replay(base).grad_fn
-                self.requires_grad = True
-
-    def add_(self, other, alpha=1):
-        if alpha != 1:
-            other = other * alpha
-        return _inplace.arith_inplace(self, "add_", _ops.add, _xp(self).add, other)
-
-    def sub_(self, other, alpha=1):
-        if alpha != 1:
-            other = other * alpha
-        return _inplace.arith_inplace(self, "sub_", _ops.sub, _xp(self).subtract, other)
-
-    def mul_(self, other):
-        return _inplace.arith_inplace(self, "mul_", _ops.mul, _xp(self).multiply, other)
-
-    def div_(self, other, rounding_mode=None):
-        if rounding_mode is not None:
-            return _inplace.apply_inplace(self, "div_", _ops.div, other, rounding_mode=rounding_mode)
-        return _inplace.arith_inplace(self, "div_", _ops.div, _xp(self).true_divide, other)
-
-    def zero_(self):
-        return self.fill_(0)
-
-    def fill_(self, value):
-        if not grad_mode.state.enabled or not (self.requires_grad or isinstance(value, Tensor) and value.requires_grad):
-            self._own_array()[...] = value.item() if isinstance(value, Tensor) else value
-            return self._bump()
-        return _inplace.apply_inplace(self, "fill_", _inplace.Overwrite.apply, value)
-
-    def copy_(self, src, non_blocking=False):
-        if isinstance(src, Tensor) and src.device != self.device:
-            src = src.to(self.device)
-        if not grad_mode.state.enabled or not (self.requires_grad or isinstance(src, Tensor) and src.requires_grad):
-            data = src._data if isinstance(src, Tensor) else src
-            _xp(self).copyto(self._own_array(), data, casting="unsafe")
-            return self._bump()
-        return _inplace.apply_inplace(self, "copy_", _inplace.Overwrite.apply, src)
-
-    def uniform_(self, a=0.0, b=1.0):
-        from . import random
-
-        return self.copy_(random.uniform_array(a, b, self.shape, self.dtype, self.device))
-
-    def normal_(self, mean=0.0, std=1.0):
-        from . import random
-
-        return self.copy_(random.normal_array(mean, std, self.shape, self.dtype, self.device))
-
-    def __setitem__(self, index, value):
-        index = _index_arrays(index)
-        if grad_mode.state.enabled and (self.requires_grad or isinstance(value, Tensor) and value.requires_grad):
-            _inplace.apply_inplace(self, "__setitem__", _inplace.IndexPut.apply, value, index=index)
-            return
-        if isinstance(value, Tensor):
-            value = value._data
-        self._own_array()[index] = value
-        self._bump()
-
-    def __iadd__(self, other): return self.add_(other)
-    def __isub__(self, other): return self.sub_(other)
-    def __imul__(self, other): return self.mul_(other)
-    def __itruediv__(self, other): return self.div_(other)
-    def __ifloordiv__(self, other): return self.floor_divide_(other)
-    def __imod__(self, other): return self.remainder_(other)
-    def __ipow__(self, other): return self.pow_(other)
-    def __iand__(self, other): return self.logical_and_(other) if self.dtype.kind == "b" else self.bitwise_and_(other)
-    def __ior__(self, other): return self.logical_or_(other) if self.dtype.kind == "b" else self.bitwise_or_(other)
-    def __ixor__(self, other): return self.logical_xor_(other) if self.dtype.kind == "b" else self.bitwise_xor_(other)
 
     # ------------------------------------------------------------------ python protocol
     def __len__(self):
@@ -460,44 +283,6 @@ class Tensor:
         elif self.requires_grad:
             extras.append("requires_grad=True")
         return "tensor(" + body + "".join(", " + e for e in extras) + ")"
-
-    # ------------------------------------------------------------------ ops (defined in ops/)
-    def __add__(self, other): return _ops.add(self, other)
-    def __radd__(self, other): return _ops.add(other, self)
-    def __sub__(self, other): return _ops.sub(self, other)
-    def __rsub__(self, other): return _ops.sub(other, self)
-    def __mul__(self, other): return _ops.mul(self, other)
-    def __rmul__(self, other): return _ops.mul(other, self)
-    def __truediv__(self, other): return _ops.div(self, other)
-    def __rtruediv__(self, other): return _ops.div(other, self)
-    def __pow__(self, other): return _ops.pow(self, other)
-    def __rpow__(self, other): return _ops.pow(other, self)
-    def __matmul__(self, other): return _ops.matmul(self, other)
-    def __rmatmul__(self, other): return _ops.matmul(other, self)
-    def __neg__(self): return _ops.neg(self)
-    def __pos__(self): return self
-    def __abs__(self): return _ops.abs(self)
-    def __floordiv__(self, other): return _ops.floor_divide(self, other)
-    def __rfloordiv__(self, other): return _ops.floor_divide(other, self)
-    def __mod__(self, other): return _ops.remainder(self, other)
-    def __rmod__(self, other): return _ops.remainder(other, self)
-    def __rand__(self, other): return _ops.logical_and(other, self) if self.dtype.kind == "b" else _ops.bitwise_and(other, self)
-    def __ror__(self, other): return _ops.logical_or(other, self) if self.dtype.kind == "b" else _ops.bitwise_or(other, self)
-    def __rxor__(self, other): return _ops.logical_xor(other, self) if self.dtype.kind == "b" else _ops.bitwise_xor(other, self)
-    def __eq__(self, other): return _ops.eq(self, other)  # noqa: D105
-    def __ne__(self, other): return _ops.ne(self, other)
-    def __lt__(self, other): return _ops.lt(self, other)
-    def __le__(self, other): return _ops.le(self, other)
-    def __gt__(self, other): return _ops.gt(self, other)
-    def __ge__(self, other): return _ops.ge(self, other)
-    def __and__(self, other): return _ops.logical_and(self, other)
-    def __or__(self, other): return _ops.logical_or(self, other)
-    def __xor__(self, other): return _ops.logical_xor(self, other)
-    def __invert__(self): return _ops.logical_not(self)
-
-    def __getitem__(self, index):
-        return _ops.index(self, index)
-
 
 class Size(tuple):
     """A shape, as ``torch.Size``: a tuple with ``numel()``."""
@@ -564,9 +349,45 @@ def is_tensor(obj):
     return isinstance(obj, Tensor)
 
 
-def _xp(t):
-    return backend.array_module(t._data)
+def as_array(data, dtype=None, device=None):
+    """An array for ``data`` with PyTorch's dtype inference.
+
+    Python floats become the default dtype (float32), Python ints int64, bools bool; NumPy arrays
+    keep their dtype. ``device`` moves the result.
+    """
+    dtype = backend.as_dtype(dtype)
+    if isinstance(data, Tensor):
+        array = data._data
+    elif isinstance(data, np.ndarray) or backend.is_cuda_array(data):
+        array = data
+    else:
+        if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in _flat(data)):
+            data = _unwrap_nested(data)
+        array = np.asarray(data)
+        if array.dtype == np.float64 and dtype is None and not isinstance(data, np.generic):
+            dtype = backend.get_default_dtype()
+        elif array.dtype.kind == "i" and dtype is None and not isinstance(data, np.generic):
+            dtype = backend.int64  # Python ints (int32 on some platforms); NumPy scalars keep theirs
+        elif array.dtype.kind not in "fiubc":
+            raise TypeError(f"can't convert {type(data).__name__} with dtype {array.dtype} to a tensor")
+    if dtype is not None and array.dtype != dtype:
+        array = array.astype(dtype)
+    elif isinstance(data, (Tensor, np.ndarray)) or backend.is_cuda_array(data):
+        array = array.copy()
+    if device is not None or backend.get_default_device() != backend.CPU:
+        array = backend.to_device(array, backend.as_device(device))
+    return array
 
 
-from . import ops as _ops  # noqa: E402  (ops build on Tensor)
-from .ops import inplace as _inplace  # noqa: E402
+def _flat(seq):
+    for item in seq:
+        if isinstance(item, (list, tuple)):
+            yield from _flat(item)
+        else:
+            yield item
+
+
+def _unwrap_nested(seq):
+    if isinstance(seq, (list, tuple)):
+        return [_unwrap_nested(s) for s in seq]
+    return backend.to_device(seq._data, backend.CPU) if isinstance(seq, Tensor) else seq

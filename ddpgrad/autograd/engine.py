@@ -19,7 +19,8 @@ import heapq
 import threading
 
 from ..backend import array_module
-from .function import _FREED_MESSAGE, AccumulateGrad
+from ..tensor import Tensor
+from .function import _FREED_MESSAGE, AccumulateGrad, leaf_node
 from .grad_mode import no_grad
 
 
@@ -61,7 +62,7 @@ def run_backward(roots, root_grads, retain_graph=False, capture=None):
     """
     buffers = {}  # node -> [gradient, owned]
     for t, g in zip(roots, root_grads):
-        node = t.grad_fn if t.grad_fn is not None else t._accumulator()
+        node = t.grad_fn if t.grad_fn is not None else leaf_node(t)
         buffers[node] = [buffers[node][0] + g, True] if node in buffers else [g, False]
 
     deps = {}
@@ -173,8 +174,6 @@ _BUILTIN_OPS = "ddpgrad."
 
 
 def _run_pre_hooks(hooks, grad):
-    from ..tensor import Tensor
-
     for hook in hooks:
         result = hook(Tensor._make(grad))
         if result is not None:
@@ -202,8 +201,6 @@ def _accumulate(variable, grad, owned=False):
         owned = False
     existing = variable.grad
     if existing is None:
-        from ..tensor import Tensor
-
         if owned and _takeable(grad):
             variable.grad = Tensor._make(grad)  # nobody else holds it: take it, no copy
         else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 
 from ..backend import device_of
+from ..tensor import Tensor
 from . import grad_mode
 
 _sequence = itertools.count()
@@ -76,7 +77,7 @@ class Function:
         for a in args:
             if isinstance(a, Tensor):
                 if a._view is not None:
-                    a._refresh_view()
+                    refresh_view(a)
                 arr = a._data
                 if first is None:
                     first = arr
@@ -96,7 +97,7 @@ class Function:
             for a in args:
                 if isinstance(a, Tensor):
                     if a.requires_grad:
-                        nexts.append(a.grad_fn if a.grad_fn is not None else a._accumulator())
+                        nexts.append(a.grad_fn if a.grad_fn is not None else leaf_node(a))
                         meta.append((a._data.shape, a._data.dtype))
                     else:
                         nexts.append(None)
@@ -158,4 +159,20 @@ def _raise_device_mismatch(cls, a, b):
     )
 
 
-from ..tensor import Tensor  # noqa: E402  (the two modules refer to each other)
+def leaf_node(t):
+    """The ``AccumulateGrad`` node of a leaf tensor (made on first use, then kept on the tensor)."""
+    if t._acc is None:
+        t._acc = AccumulateGrad(t)
+    return t._acc
+
+
+def refresh_view(t):
+    """Give a view the current history of its base, after the base (or another view of it) was
+    changed in place in the graph: ``t._view`` is (base, replay on tensors, region, base's node)."""
+    base, replay, region, seen = t._view
+    if base.grad_fn is not seen:
+        t._view = (base, replay, region, base.grad_fn)
+        if base.requires_grad:
+            with grad_mode.enable_grad():
+                t.grad_fn = replay(base).grad_fn
+            t.requires_grad = True

@@ -8,15 +8,9 @@ import numpy as np
 from .. import backend, random
 from ..autograd.function import Function
 from ..backend import array_module
-from ..tensor import Tensor
+from ..tensor import Size, Tensor
 from . import creation
-from . import shape as shape_ops
-
-
-def _ops():
-    from .. import ops  # noqa: PLC0415 - this module is loaded by ops/__init__ itself
-
-    return ops
+from . import functional as ops
 
 
 def _arr(x):
@@ -44,22 +38,21 @@ def _flat_args(tensors):
 
 def hstack(tensors):
     tensors = [t.reshape(1) if t.ndim == 0 else t for t in tensors]
-    return _ops().cat(tensors, dim=0 if tensors[0].ndim == 1 else 1)
+    return ops.cat(tensors, dim=0 if tensors[0].ndim == 1 else 1)
 
 
 def vstack(tensors):
-    return _ops().cat([atleast_2d(t) for t in tensors], dim=0)
+    return ops.cat([atleast_2d(t) for t in tensors], dim=0)
 
 
 row_stack = vstack
 
 
 def column_stack(tensors):
-    return _ops().cat([t.reshape(-1, 1) if t.ndim <= 1 else t for t in tensors], dim=1)
+    return ops.cat([t.reshape(-1, 1) if t.ndim <= 1 else t for t in tensors], dim=1)
 
 
 def dstack(tensors):
-    ops = _ops()
     grown = []
     for t in tensors:
         t = atleast_2d(t)
@@ -74,8 +67,6 @@ def broadcast_tensors(*tensors):
 
 
 def broadcast_shapes(*shapes):
-    from ..tensor import Size  # noqa: PLC0415
-
     return Size(np.broadcast_shapes(*shapes))
 
 
@@ -101,7 +92,7 @@ def meshgrid(*tensors, indexing="ij"):
 
 def cartesian_prod(*tensors):
     grids = meshgrid(*tensors, indexing="ij")
-    return _ops().stack([g.reshape(-1) for g in grids], dim=1) if len(grids) > 1 else grids[0]
+    return ops.stack([g.reshape(-1) for g in grids], dim=1) if len(grids) > 1 else grids[0]
 
 
 def rot90(input, k=1, dims=(0, 1)):  # noqa: A002
@@ -125,7 +116,7 @@ def diag_embed(input, offset=0, dim1=-2, dim2=-1):  # noqa: A002
 
 
 def diagflat(input, offset=0):  # noqa: A002
-    return _ops().diag(input.reshape(-1), offset)
+    return ops.diag(input.reshape(-1), offset)
 
 
 # ---------------------------------------------------------------------------- products
@@ -144,7 +135,7 @@ def tensordot(a, b, dims=2):
     for i, j in zip(axes_a, axes_b):
         sb[j] = sa[i]
     out = [c for i, c in enumerate(sa) if i not in axes_a] + [c for j, c in enumerate(sb) if j not in axes_b]
-    return _ops().einsum(f"{''.join(sa)},{''.join(sb)}->{''.join(out)}", a, b)
+    return ops.einsum(f"{''.join(sa)},{''.join(sb)}->{''.join(out)}", a, b)
 
 
 def kron(input, other):  # noqa: A002
@@ -160,7 +151,7 @@ def cross(input, other, dim=None):  # noqa: A002
     a = [input.select(dim, i) for i in range(3)]
     b = [other.select(dim, i) for i in range(3)]
     parts = [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
-    return _ops().stack(parts, dim=dim)
+    return ops.stack(parts, dim=dim)
 
 
 def addmv(input, mat, vec, *, beta=1, alpha=1):  # noqa: A002
@@ -177,26 +168,23 @@ def addbmm(input, batch1, batch2, *, beta=1, alpha=1):  # noqa: A002
 
 def cdist(x1, x2, p=2.0):
     """Pairwise p-norm distances between the rows of ``x1`` (…, P, M) and ``x2`` (…, R, M)."""
-    return _ops().norm(x1.unsqueeze(-2) - x2.unsqueeze(-3), p, -1)
+    return ops.norm(x1.unsqueeze(-2) - x2.unsqueeze(-3), p, -1)
 
 
 # ---------------------------------------------------------------------------- statistics
 def var_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):  # noqa: A002
-    ops = _ops()
     var = ops.var(input, dim, unbiased, keepdim, correction=correction)
     d = dim if not isinstance(dim, bool) else None
     return var, ops.mean(input, d, keepdim=keepdim) if d is not None else ops.mean(input)
 
 
 def std_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):  # noqa: A002
-    ops = _ops()
     std = ops.std(input, dim, unbiased, keepdim, correction=correction)
     d = dim if not isinstance(dim, bool) else None
     return std, ops.mean(input, d, keepdim=keepdim) if d is not None else ops.mean(input)
 
 
 def logit(input, eps=None):  # noqa: A002
-    ops = _ops()
     x = input if eps is None else ops.clamp(input, eps, 1 - eps)
     return ops.log(x / (1 - x))
 
@@ -347,7 +335,7 @@ def det(input):  # noqa: A002
 
 
 def logdet(input):  # noqa: A002
-    return _ops().log(det(input))
+    return ops.log(det(input))
 
 
 def solve(A, B):  # noqa: N803 - PyTorch's names
@@ -355,4 +343,10 @@ def solve(A, B):  # noqa: N803 - PyTorch's names
     return inverse(A) @ B
 
 
-del shape_ops
+
+__all__ = [
+    name for name, value in list(globals().items())
+    if not name.startswith("_") and callable(value) and not isinstance(value, type)
+    and name not in ("floating", "promote")
+    and getattr(value, "__module__", "").startswith("ddpgrad.ops")
+]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import grad_mode
-from ..autograd.function import Function
+from ..autograd.function import Function, refresh_view
 from ..backend import array_module, get_default_dtype
 from ..tensor import Tensor
 from .promotion import category, result_type
@@ -92,7 +92,7 @@ def _requires_grad(args):
 def _in_graph(t):
     """A copy of ``t``'s values that stands for ``t`` in the graph (ops may save their inputs)."""
     if t._view is not None:
-        t._refresh_view()
+        refresh_view(t)
     c = Tensor._make(t._data.copy())
     c.grad_fn, c.requires_grad = t.grad_fn, t.requires_grad
     return c
