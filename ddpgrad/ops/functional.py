@@ -44,6 +44,8 @@ def _binary(fn, a, b, **kwargs):
             a = _scalar(a)
     elif not isinstance(b, Tensor):
         b = _scalar(b)
+        if type(b) is float and a._data.dtype.kind == "f" or type(b) is int and a._data.dtype.kind in "fiu":
+            return fn.apply(a, b, **kwargs)  # the common case: a number never widens the tensor here
     if not (isinstance(a, Tensor) and isinstance(b, Tensor) and a._data.dtype == b._data.dtype):
         a, b, _ = promote(a, b)
     return fn.apply(a, b, **kwargs)
