@@ -110,3 +110,35 @@ def test_load_map_location_accepts_torchs_forms(tmp_path):
     seen = []
     ddpgrad.load(path, map_location=lambda storage, location: seen.append(location))
     assert seen == ["cpu"]
+
+
+def test_out_argument_writes_into_the_given_tensor_like_torch():
+    for lib in (torch, ddpgrad):
+        x = lib.tensor(np.arange(6.0).reshape(2, 3))
+        target = lib.empty(2, 3, dtype=lib.float64)
+        alias = target[0]
+        assert lib.add(x, 1, out=target) is target and lib.mul(x, x, out=target) is target
+        assert alias.tolist() == [0.0, 1.0, 4.0]
+        resized = lib.empty(0, dtype=lib.float64)
+        lib.sin(x, out=resized)
+        assert tuple(resized.shape) == (2, 3)
+        joined = lib.empty(0, dtype=lib.float64)
+        lib.cat([x, x], dim=0, out=joined)
+        assert tuple(joined.shape) == (4, 3)
+        w = lib.ones(2, requires_grad=True)
+        with pytest.raises(RuntimeError, match="out=... arguments don't support automatic differentiation"):
+            lib.mul(w, 2, out=lib.empty(2))
+
+
+def test_grad_fn_next_functions_walk_the_graph_like_torch():
+    names = []
+    for lib in (torch, ddpgrad):
+        w = lib.ones(2, requires_grad=True)
+        loss = ((w * 2).exp()).sum()
+        node = loss.grad_fn
+        seen = []
+        while node is not None:
+            seen.append(node.name())
+            node = node.next_functions[0][0] if node.next_functions else None
+        names.append(seen)
+    assert names[0] == names[1]

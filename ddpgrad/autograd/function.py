@@ -60,6 +60,11 @@ class Function:
         """The node's name, as PyTorch's ``grad_fn.name()``: ``MulBackward0``."""
         return type(self).__name__ + "Backward0"
 
+    @property
+    def next_functions(self):
+        """``((node, 0), ...)``, one per input, as PyTorch's ``grad_fn.next_functions``."""
+        return tuple((node, 0) for node in self.next_nodes)
+
     def release(self):
         """Drop what forward kept for backward (the graph was used and not retained)."""
         self.saved = None
@@ -132,6 +137,7 @@ class AccumulateGrad:
 
     __slots__ = ("variable", "__weakref__")
     next_nodes = ()
+    next_functions = ()
     seq = float("inf")  # leaves are accumulated as soon as their gradient is final
     pre_hooks = None
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import builtins as _builtins
 import collections
+import functools
 
 import numpy as np
 
+from ..autograd import grad_mode
 from ..autograd.function import Function
 from ..backend import array_module, get_default_dtype
 from ..tensor import Tensor, _index_arrays
@@ -62,18 +64,48 @@ def _as_floats(a, b):
     return a, b
 
 
+def _with_out(fn):
+    """Accept PyTorch's ``out=``: the result is written into ``out`` (resized when its shape differs)."""
+    @functools.wraps(fn)
+    def op(*args, out=None, **kwargs):
+        result = fn(*args, **kwargs)
+        if out is None:
+            return result
+        return write_out(fn.__name__, result, out)
+
+    return op
+
+
+def write_out(name, result, out):
+    if grad_mode.state.enabled and (result.requires_grad or out.requires_grad):
+        raise RuntimeError(
+            f"{name}(): functions with out=... arguments don't support automatic differentiation, but "
+            f"one of the arguments requires grad; drop out= (y = {name}(...)) or use no_grad()"
+        )
+    data = result._data.astype(out.dtype, copy=False) if result.dtype != out.dtype else result._data
+    if tuple(out.shape) == tuple(data.shape):
+        array_module(data).copyto(out._own_array(), data)
+    else:
+        out._data = data.copy()
+    return out._bump()
+
+
+@_with_out
 def add(input, other, alpha=1):
     return _binary(arith.Add, input, other if alpha == 1 else other * alpha)
 
 
+@_with_out
 def sub(input, other, alpha=1):
     return _binary(arith.Sub, input, other if alpha == 1 else other * alpha)
 
 
+@_with_out
 def mul(input, other):
     return _binary(arith.Mul, input, other)
 
 
+@_with_out
 def div(input, other, *, rounding_mode=None):
     """``a / b``; ``rounding_mode='trunc'`` or ``'floor'`` rounds the quotient (no gradient)."""
     if rounding_mode is None:
@@ -95,10 +127,12 @@ multiply = mul
 subtract = sub
 
 
+@_with_out
 def pow(input, exponent):  # noqa: A001 - PyTorch's name
     return _binary(arith.Pow, input, exponent)
 
 
+@_with_out
 def neg(input):
     return arith.Neg.apply(input)
 
@@ -106,6 +140,7 @@ def neg(input):
 negative = neg
 
 
+@_with_out
 def matmul(input, other):
     return arith.Matmul.apply(input, other)
 
@@ -113,10 +148,12 @@ def matmul(input, other):
 mm = bmm = matmul
 
 
+@_with_out
 def maximum(input, other):
     return _binary(arith.Maximum, input, other)
 
 
+@_with_out
 def minimum(input, other):
     return _binary(arith.Minimum, input, other)
 
@@ -135,26 +172,32 @@ def where(condition, input=None, other=None):  # noqa: A002
     return arith.Where.apply(cond, a, b)
 
 
+@_with_out
 def exp(input):
     return elementwise.Exp.apply(floating(input))
 
 
+@_with_out
 def log(input):
     return elementwise.Log.apply(floating(input))
 
 
+@_with_out
 def sqrt(input):
     return elementwise.Sqrt.apply(floating(input))
 
 
+@_with_out
 def abs(input):  # noqa: A001
     return elementwise.Abs.apply(input)
 
 
+@_with_out
 def tanh(input):
     return elementwise.Tanh.apply(floating(input))
 
 
+@_with_out
 def sigmoid(input):
     return elementwise.Sigmoid.apply(floating(input))
 
@@ -167,6 +210,7 @@ def gelu(input, approximate="none"):
     return elementwise.Gelu.apply(input, approximate=approximate)
 
 
+@_with_out
 def clamp(input, min=None, max=None):  # noqa: A002
     if min is None and max is None:
         raise RuntimeError("clamp: at least one of 'min' or 'max' must not be None")
@@ -350,6 +394,7 @@ def expand_as(input, other):
 broadcast_to = expand
 
 
+@_with_out
 def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
@@ -361,6 +406,7 @@ def cat(tensors, dim=0):
 concatenate = concat = cat
 
 
+@_with_out
 def stack(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
@@ -403,9 +449,8 @@ _index_view = index  # ``select`` and friends have an argument named ``index``
 # -------------------------------------------------------------------- the elementwise family
 def _floating_unary(cls):
     def op(input, *, out=None):  # noqa: A002 - PyTorch's argument name
-        if out is not None:
-            raise TypeError(f"{cls.__name__.lower()}(): out= is not supported; assign the result instead")
-        return cls.apply(floating(input))
+        result = cls.apply(floating(input))
+        return result if out is None else write_out(op.__name__, result, out)
 
     op.__name__ = op.__qualname__ = cls.__name__.lower()
     op.__doc__ = f"Elementwise {cls.__doc__}; integer inputs give the default float dtype."

@@ -64,6 +64,11 @@ RESHAPING = {
 }
 
 
+def _raw(fn):
+    """An op without its ``out=`` wrapper (operators never take one; one call less per ``x + y``)."""
+    return getattr(fn, "__wrapped__", fn)
+
+
 def _op(name):
     return getattr(functional, name, None) or getattr(extra, name)
 
@@ -298,22 +303,22 @@ BOUND = {
     "add_": add_, "sub_": sub_, "mul_": mul_, "div_": div_, "fill_": fill_, "zero_": zero_,
     "copy_": copy_, "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,
     # operators
-    "__add__": functional.add, "__radd__": _reflected(functional.add),
-    "__sub__": functional.sub, "__rsub__": _reflected(functional.sub),
-    "__mul__": functional.mul, "__rmul__": _reflected(functional.mul),
-    "__truediv__": functional.div, "__rtruediv__": _reflected(functional.div),
-    "__pow__": functional.pow, "__rpow__": _reflected(functional.pow),
-    "__matmul__": functional.matmul, "__rmatmul__": _reflected(functional.matmul),
-    "__floordiv__": functional.floor_divide, "__rfloordiv__": _reflected(functional.floor_divide),
-    "__mod__": functional.remainder, "__rmod__": _reflected(functional.remainder),
-    "__neg__": functional.neg, "__pos__": _pos, "__abs__": functional.abs,
-    "__eq__": functional.eq, "__ne__": functional.ne, "__lt__": functional.lt, "__le__": functional.le,
-    "__gt__": functional.gt, "__ge__": functional.ge,
-    "__and__": functional.logical_and, "__or__": functional.logical_or, "__xor__": functional.logical_xor,
+    "__add__": _raw(functional.add), "__radd__": _reflected(_raw(functional.add)),
+    "__sub__": _raw(functional.sub), "__rsub__": _reflected(_raw(functional.sub)),
+    "__mul__": _raw(functional.mul), "__rmul__": _reflected(_raw(functional.mul)),
+    "__truediv__": _raw(functional.div), "__rtruediv__": _reflected(_raw(functional.div)),
+    "__pow__": _raw(functional.pow), "__rpow__": _reflected(_raw(functional.pow)),
+    "__matmul__": _raw(functional.matmul), "__rmatmul__": _reflected(_raw(functional.matmul)),
+    "__floordiv__": _raw(functional.floor_divide), "__rfloordiv__": _reflected(_raw(functional.floor_divide)),
+    "__mod__": _raw(functional.remainder), "__rmod__": _reflected(_raw(functional.remainder)),
+    "__neg__": _raw(functional.neg), "__pos__": _pos, "__abs__": _raw(functional.abs),
+    "__eq__": _raw(functional.eq), "__ne__": _raw(functional.ne), "__lt__": _raw(functional.lt), "__le__": _raw(functional.le),
+    "__gt__": _raw(functional.gt), "__ge__": _raw(functional.ge),
+    "__and__": _raw(functional.logical_and), "__or__": _raw(functional.logical_or), "__xor__": _raw(functional.logical_xor),
     "__rand__": _logical_or_bitwise("logical_and", "bitwise_and", swap=True),
     "__ror__": _logical_or_bitwise("logical_or", "bitwise_or", swap=True),
     "__rxor__": _logical_or_bitwise("logical_xor", "bitwise_xor", swap=True),
-    "__invert__": functional.logical_not,
+    "__invert__": _raw(functional.logical_not),
     # augmented assignment acts in place, as in PyTorch (``@=`` rebinds: PyTorch has no __imatmul__)
     "__iadd__": add_, "__isub__": sub_, "__imul__": mul_, "__itruediv__": div_,
     "__ifloordiv__": lambda self, other: self.floor_divide_(other),
