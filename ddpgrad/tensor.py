@@ -29,7 +29,9 @@ class Tensor:
     __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected operator
 
     def __init__(self, data, dtype=None, requires_grad=False, device=None):
-        self._init(as_array(data, dtype=dtype, device=device))
+        """``Tensor(data)``, PyTorch's legacy constructor: always the default float dtype (use
+        ``ddpgrad.tensor(data)`` to keep integer or bool data)."""
+        self._init(as_array(data, dtype=dtype or backend.get_default_dtype(), device=device))
         if requires_grad:
             self.requires_grad_(True)
 

@@ -142,3 +142,8 @@ def test_grad_fn_next_functions_walk_the_graph_like_torch():
             node = node.next_functions[0][0] if node.next_functions else None
         names.append(seen)
     assert names[0] == names[1]
+
+
+def test_legacy_tensor_constructor_gives_the_default_float_dtype():
+    for data in ([1, 2], [True], np.array([3, 4]), [[1.5]]):
+        assert ddpgrad.Tensor(data).dtype.name == str(torch.Tensor(data).dtype).split(".")[-1]
