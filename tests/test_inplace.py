@@ -241,3 +241,62 @@ def test_editing_a_masked_copy_does_not_disturb_the_original():
         y.sum().backward()
         assert w.grad.tolist() == [2.0, 2.0, 2.0]
         assert y._version == 0
+
+
+def _args(lib, name):
+    """Extra arguments of ``name`` for an input of shape (2, 3) in (0.2, 0.8)."""
+    other = lib.tensor(np.linspace(0.3, 0.9, 6).reshape(2, 3))
+    table = {
+        "pow": (2.0,), "clamp": (0.3, 0.6), "clip": (0.3, 0.6), "floor_divide": (0.25,), "remainder": (0.25,),
+        "fmod": (0.25,), "masked_fill": (other > 0.5, 0.0), "atan2": (other,), "clamp_min": (0.4,),
+        "clamp_max": (0.4,), "lerp": (other, 0.3), "addcmul": (other, other), "addcdiv": (other, other),
+        "hypot": (other,), "xlogy": (other,), "multiply": (other,), "subtract": (other,), "divide": (other,),
+        "true_divide": (other,), "addmm": (other, lib.tensor(np.eye(3))), "hardtanh": (0.3, 0.6),
+        "leaky_relu": (0.1,), "elu": (), "heaviside": (other,),
+        "scatter": (1, lib.tensor([[0, 1], [2, 0]]), other[:, :2]),
+        "scatter_add": (1, lib.tensor([[0, 1], [2, 0]]), other[:, :2]),
+        "index_add": (1, lib.tensor([2, 0]), other[:, :2]), "index_fill": (1, lib.tensor([1]), -1.0),
+        "cumsum": (1,), "cumprod": (1,),
+    }
+    return table.get(name, ())
+
+
+_TORCH_INPLACE = [n for n in ddpgrad.ops.methods.INPLACE
+                  if hasattr(torch.Tensor, n + "_") and n not in ("logical_and", "logical_or", "logical_xor",
+                                                                  "logical_not", "bitwise_and", "bitwise_or",
+                                                                  "bitwise_xor", "bitwise_not", "nan_to_num")]
+
+
+# PyTorch has no derivative for these in-place forms (ddpgrad records them; out of the graph they must agree)
+_NO_TORCH_DERIVATIVE = {"floor_divide", "asinh", "acosh", "atanh", "sgn", "heaviside"}
+
+
+@pytest.mark.parametrize("name", _TORCH_INPLACE)
+def test_every_in_place_method_matches_torch_in_and_out_of_the_graph(name):
+    def scenario(lib):
+        base = lib.tensor(np.linspace(0.2, 0.8, 6).reshape(2, 3))
+        plain = base.clone()
+        returned = getattr(plain, name + "_")(*_args(lib, name))
+        if name in _NO_TORCH_DERIVATIVE:
+            return [plain, returned is plain, plain._version]
+        w = lib.tensor(np.linspace(0.2, 0.8, 6).reshape(2, 3), requires_grad=True)
+        h = w * 1
+        getattr(h, name + "_")(*_args(lib, name))
+        (h * lib.tensor(np.arange(1.0, 7.0).reshape(2, 3))).sum().backward()
+        return [plain, returned is plain, plain._version, h, w.grad]
+
+    _assert_same(scenario)
+
+
+@pytest.mark.parametrize("name", sorted(_NO_TORCH_DERIVATIVE - {"floor_divide"}))
+def test_in_place_forms_without_a_torch_derivative_match_their_out_of_place_op(name):
+    grads = []
+    for in_place in (True, False):
+        w = ddpgrad.tensor(np.linspace(1.2, 1.8, 6).reshape(2, 3) / (2 if name == "atanh" else 1),
+                           requires_grad=True)
+        h = w * 1
+        h = getattr(h, name + "_")(*_args(ddpgrad, name)) if in_place else getattr(ddpgrad, name)(h, *_args(ddpgrad, name))
+        (h * ddpgrad.tensor(np.arange(1.0, 7.0).reshape(2, 3))).sum().backward()
+        grads.append(w.grad.numpy().copy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12)
+    assert np.isfinite(grads[0]).all()
