@@ -300,3 +300,15 @@ def test_in_place_forms_without_a_torch_derivative_match_their_out_of_place_op(n
         grads.append(w.grad.numpy().copy())
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12)
     assert np.isfinite(grads[0]).all()
+
+
+def test_in_place_op_without_a_gradient_on_a_tensor_that_requires_grad_raises():
+    # PyTorch raises at backward, ddpgrad already at the op
+    def floor_divide(lib):
+        (_leaf(lib, [1.5, 2.5]) * 1).floor_divide_(2).sum().backward()
+
+    def heaviside(lib):
+        (_leaf(lib, [1.5, 2.5]) * 1).heaviside_(lib.tensor([0.5, 0.5], dtype=lib.float64)).sum().backward()
+
+    for scenario in (floor_divide, heaviside):
+        _raises_like_torch(scenario, "derivative for this op is not implemented")

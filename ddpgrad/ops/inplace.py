@@ -136,6 +136,11 @@ def apply_inplace(self, name, fn, *args, **kwargs):
     if view is not None and view[0].requires_grad and view[0].grad_fn is None:
         raise RuntimeError(f"{name}: {VIEW_OF_LEAF_MESSAGE}")
     out = fn(_in_graph(self), *args, **kwargs)
+    if not out.requires_grad:
+        raise RuntimeError(
+            f"{name}: the derivative for this op is not implemented (it has no gradient), so it can't "
+            f"change a tensor that requires grad in place; do it under ddpgrad.no_grad() or on x.detach()"
+        )
     check_result_dtype(name, out.dtype, self.dtype)
     _check_shape(name, self, out)
     if out.dtype != self.dtype:
