@@ -312,3 +312,16 @@ def test_in_place_op_without_a_gradient_on_a_tensor_that_requires_grad_raises():
 
     for scenario in (floor_divide, heaviside):
         _raises_like_torch(scenario, "derivative for this op is not implemented")
+
+
+def test_shape_changing_in_place_methods_follow_torchs_leaf_rules():
+    _raises_like_torch(lambda lib: _leaf(lib, [1.0, 2.0]).unsqueeze_(0), "a leaf Variable that requires grad")
+
+    def under_no_grad(lib):
+        w = _leaf(lib, [1.0, 2.0])
+        with lib.no_grad():
+            w.unsqueeze_(0)
+        (w * 2).sum().backward()
+        return [w, w.is_leaf, w.grad]
+
+    _assert_same(under_no_grad)

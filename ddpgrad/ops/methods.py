@@ -258,8 +258,14 @@ def _inplace_method(name, fn):
 
 def _reshaping_method(name, fn):
     def method(self, *args, **kwargs):
-        out = fn(self, *args, **kwargs)
-        self._data, self.grad_fn = out._data, out.grad_fn
+        if grad_mode.state.enabled and self.requires_grad:
+            if self.grad_fn is None:
+                raise RuntimeError(f"{name}: {inplace.LEAF_MESSAGE}")
+            out = fn(self, *args, **kwargs)
+            self._data, self.grad_fn = out._data, out.grad_fn
+        else:
+            with grad_mode.no_grad():
+                self._data = fn(self, *args, **kwargs)._data
         return self
 
     method.__name__ = method.__qualname__ = name
