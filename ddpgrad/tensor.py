@@ -64,7 +64,9 @@ class Tensor:
 
     @data.setter
     def data(self, value):
-        self._data = value._data if isinstance(value, Tensor) else value
+        array = value._data if isinstance(value, Tensor) else value
+        if array is not self._data:
+            self._data, self._view = array, None  # new memory: no longer a view of anything
 
     @property
     def shape(self):

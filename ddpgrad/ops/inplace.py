@@ -89,11 +89,12 @@ def _requires_grad(args):
     return False
 
 
-def _in_graph(t):
-    """A copy of ``t``'s values that stands for ``t`` in the graph (ops may save their inputs)."""
+def _in_graph(t, copy=True):
+    """``t``'s values standing for ``t`` in the graph: a copy, since the op may save its input and
+    the result is about to overwrite ``t``'s array (``copy=False`` for ops that save nothing)."""
     if t._view is not None:
         refresh_view(t)
-    c = Tensor._make(t._data.copy())
+    c = Tensor._make(t._data.copy() if copy else t._data)
     c.grad_fn, c.requires_grad = t.grad_fn, t.requires_grad
     return c
 
@@ -119,7 +120,7 @@ def _check_shape(name, self, out):
         )
 
 
-def apply_inplace(self, name, fn, *args, **kwargs):
+def apply_inplace(self, name, fn, *args, _saves_input=True, **kwargs):
     """Compute ``fn(self, *args, **kwargs)`` and write it into ``self``, as PyTorch's ``op_`` does."""
     recording = grad_mode.state.enabled and (self.requires_grad or _requires_grad(args))
     if not recording:
@@ -135,7 +136,7 @@ def apply_inplace(self, name, fn, *args, **kwargs):
     view = self._view
     if view is not None and view[0].requires_grad and view[0].grad_fn is None:
         raise RuntimeError(f"{name}: {VIEW_OF_LEAF_MESSAGE}")
-    out = fn(_in_graph(self), *args, **kwargs)
+    out = fn(_in_graph(self, copy=_saves_input), *args, **kwargs)
     if not out.requires_grad:
         raise RuntimeError(
             f"{name}: the derivative for this op is not implemented (it has no gradient), so it can't "
@@ -167,7 +168,8 @@ def apply_inplace(self, name, fn, *args, **kwargs):
 def arith_inplace(self, name, fn, ufunc, other):
     """``self (op)= other`` for add/sub/mul/div: one ufunc into ``self``'s array outside the graph."""
     if grad_mode.state.enabled and (self.requires_grad or (isinstance(other, Tensor) and other.requires_grad)):
-        return apply_inplace(self, name, fn, other)
+        # add and sub keep nothing of their inputs: no need to copy self before overwriting it
+        return apply_inplace(self, name, fn, other, _saves_input=name not in ("add_", "sub_"))
     if isinstance(other, np.generic):
         other = other.item()  # a NumPy scalar counts as a Python number, a raw array as a tensor
     elif not isinstance(other, Tensor) and hasattr(other, "dtype"):
