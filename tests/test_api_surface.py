@@ -147,3 +147,29 @@ def test_grad_fn_next_functions_walk_the_graph_like_torch():
 def test_legacy_tensor_constructor_gives_the_default_float_dtype():
     for data in ([1, 2], [True], np.array([3, 4]), [[1.5]]):
         assert ddpgrad.Tensor(data).dtype.name == str(torch.Tensor(data).dtype).split(".")[-1]
+
+
+def test_custom_function_sees_needs_input_grad_like_torch():
+    seen = {}
+
+    def make(lib):
+        class Scale(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, y):
+                ctx.save_for_backward(x, y)
+                return x * y
+
+            @staticmethod
+            def backward(ctx, grad):
+                x, y = ctx.saved_tensors
+                seen[lib.__name__] = tuple(ctx.needs_input_grad)
+                return (grad * y if ctx.needs_input_grad[0] else None), (grad * x if ctx.needs_input_grad[1] else None)
+
+        return Scale
+
+    for lib in (torch, ddpgrad):
+        x = lib.tensor([1.0, 2.0], requires_grad=True)
+        y = lib.tensor([3.0, 4.0])
+        make(lib).apply(x, y).sum().backward()
+        assert x.grad.tolist() == [3.0, 4.0]
+    assert seen["torch"] == seen["ddpgrad"] == (True, False)

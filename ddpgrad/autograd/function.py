@@ -61,6 +61,17 @@ class Function:
         return type(self).__name__ + "Backward0"
 
     @property
+    def needs_input_grad(self):
+        """One bool per positional input of forward: does it need a gradient? (read it in backward)"""
+        return tuple(node is not None for node in self.next_nodes)
+
+    def mark_non_differentiable(self, *outputs):
+        """Accepted for PyTorch's API; a ddpgrad Function has one output, which is differentiable."""
+
+    def set_materialize_grads(self, value):
+        """Accepted for PyTorch's API: ``backward`` always gets an array gradient here."""
+
+    @property
     def next_functions(self):
         """``((node, 0), ...)``, one per input, as PyTorch's ``grad_fn.next_functions``."""
         return tuple((node, 0) for node in self.next_nodes)
