@@ -14,7 +14,7 @@ import numpy as np
 
 from ..autograd import grad_mode
 from ..autograd.function import Function
-from ..backend import array_module, get_default_dtype
+from ..backend import CPU, array_module, get_default_dtype, to_device
 from ..tensor import Tensor, _index_arrays
 from . import arith, elementwise, reduce, scan
 from . import gather as gather_ops
@@ -753,7 +753,7 @@ def topk(input, k, dim=-1, largest=True, sorted=True):  # noqa: A002
         raise RuntimeError(f"topk: selected index k={k} out of range for a dimension of size {n}")
     order = _argsort_array(input._data, d, largest)
     xp = array_module(order)
-    idx = xp.take(order, range(k), axis=d) if input.ndim else order
+    idx = order[(slice(None),) * d + (slice(0, k),)] if input.ndim else order
     return values_indices(gather_ops.TakeAlong.apply(input, idx, dim=d), Tensor._make(idx))
 
 
@@ -869,9 +869,10 @@ def repeat_interleave(input, repeats, dim=None, *, output_size=None):  # noqa: A
     """Each element repeated ``repeats`` times (an int, or one count per element) along ``dim``."""
     a = reshape(input, -1) if dim is None else input
     d = 0 if dim is None else reduce.wrap_dim(dim, input.ndim)
-    xp = _xp(a)
     counts = repeats._data if isinstance(repeats, Tensor) else repeats
-    idx = xp.repeat(xp.arange(a.shape[d]), counts)
+    if hasattr(counts, "shape"):
+        counts = np.asarray(to_device(counts, CPU))  # CuPy's repeat takes only host counts
+    idx = to_device(np.repeat(np.arange(a.shape[d]), counts), a.device)
     return index_select(a, d, Tensor._make(idx))
 
 
@@ -905,7 +906,7 @@ def diagonal(input, offset=0, dim1=0, dim2=1):  # noqa: A002
     n, m = input.shape[dim1], input.shape[dim2]
     rows = np.arange(_builtins.max(0, -offset), _builtins.min(n, m - offset))
     moved = movedim(input, (dim1, dim2), (-2, -1))
-    return moved[..., Tensor._make(rows), Tensor._make(rows + offset)]
+    return moved[..., Tensor._make(to_device(rows, input.device)), Tensor._make(to_device(rows + offset, input.device))]
 
 
 def diag(input, diagonal=0):  # noqa: A002
@@ -914,7 +915,7 @@ def diag(input, diagonal=0):  # noqa: A002
     n = input.shape[0] + _builtins.abs(diagonal)
     out = zeros(n, n, dtype=input.dtype, device=input.device)
     rows = np.arange(input.shape[0]) + _builtins.max(0, -diagonal)
-    return _IndexAdd.apply(out, input, index=(rows, rows + diagonal))
+    return _IndexAdd.apply(out, input, index=(to_device(rows, input.device), to_device(rows + diagonal, input.device)))
 
 
 def trace(input):  # noqa: A002

@@ -7,14 +7,21 @@ from ..backend import array_module
 from .arith import _quiet
 
 
+def _leading(x, axis, count):
+    """The first ``count`` entries of ``x`` along ``axis`` (a view)."""
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(0, count)
+    return x[tuple(index)]
+
+
 def _exclusive_products(x, axis):
     """For each position, the product of all other entries along ``axis`` (no division, zeros are fine)."""
     xp = array_module(x)
-    ones = xp.ones_like(xp.take(x, [0], axis=axis))
-    left = xp.cumprod(xp.concatenate([ones, xp.take(x, range(x.shape[axis] - 1), axis=axis)], axis=axis), axis=axis)
+    n = x.shape[axis]
+    ones = xp.ones_like(_leading(x, axis, 1))
+    left = xp.cumprod(xp.concatenate([ones, _leading(x, axis, n - 1)], axis=axis), axis=axis)
     flipped = xp.flip(x, axis)
-    right = xp.cumprod(xp.concatenate([ones, xp.take(flipped, range(x.shape[axis] - 1), axis=axis)], axis=axis),
-                       axis=axis)
+    right = xp.cumprod(xp.concatenate([ones, _leading(flipped, axis, n - 1)], axis=axis), axis=axis)
     return left * xp.flip(right, axis)
 
 
