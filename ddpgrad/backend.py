@@ -130,9 +130,19 @@ class device:
 CPU = device("cpu")
 
 
+def get_default_device() -> device:
+    """The device factories put new tensors on (``cpu`` unless changed)."""
+    return getattr(_state, "default_device", CPU)
+
+
+def set_default_device(spec):
+    """Make factories (``zeros``, ``randn``, ``tensor``...) create tensors on ``spec`` by default."""
+    _state.default_device = CPU if spec is None else as_device(spec)
+
+
 def as_device(spec) -> device:
     if spec is None:
-        return CPU
+        return get_default_device()
     if isinstance(spec, device):
         return spec
     if isinstance(spec, int):

@@ -12,6 +12,7 @@ import threading
 import numpy as np
 
 from . import backend
+from .tensor import Tensor
 
 _DEFAULT_SEED = 0x5EED  # any fixed seed: an unseeded program is still reproducible
 
@@ -37,8 +38,6 @@ class Generator:
 
     def get_state(self):
         """The stream's position as a uint8 tensor (round-trips through ``ddpgrad.save``)."""
-        from .tensor import Tensor
-
         raw = json.dumps(self._rng.bit_generator.state).encode()
         return Tensor._make(np.frombuffer(raw, dtype=np.uint8).copy())
 

@@ -151,7 +151,7 @@ def _load_stream(f, name, map_location):
         if isinstance(exc, FileNotFoundError):
             raise
         raise CheckpointError(f"{name} is not a readable ddpgrad checkpoint: {type(exc).__name__}: {exc}") from None
-    device = backend.as_device(map_location) if map_location is not None else backend.CPU
+    device = _placement(map_location)
     try:
         return _decode(meta["root"], arrays, device, 0)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as exc:
@@ -261,6 +261,29 @@ def _encode(obj, arrays, where, depth=0):
     )
 
 
+_SAVED_LOCATION = "cpu"  # checkpoints hold host arrays, whatever device the tensors were on
+
+
+def _placement(map_location):
+    """``map_location`` as a device or a function of a CPU tensor: PyTorch's forms (a device, a
+    string, a dict from saved location to device, or ``fn(tensor, location)``)."""
+    if map_location is None:
+        return backend.CPU
+    if isinstance(map_location, dict):
+        target = map_location.get(_SAVED_LOCATION, _SAVED_LOCATION)
+        return backend.as_device(target)
+    if callable(map_location) and not isinstance(map_location, backend.device):
+        def place(t):
+            moved = map_location(t, _SAVED_LOCATION)
+            if moved is None:
+                return t
+            if isinstance(moved, (str, backend.device)):
+                return t.to(moved)
+            return moved
+        return place
+    return backend.as_device(map_location)
+
+
 def _decode(node, arrays, device, depth):
     if depth > MAX_NESTING:
         raise ValueError(f"containers nested more than {MAX_NESTING} deep")
@@ -268,7 +291,10 @@ def _decode(node, arrays, device, depth):
     if kind == "value":
         return node["v"]
     if kind == "tensor":
-        t = Tensor._make(backend.to_device(arrays[node["a"]], device))
+        if callable(device) and not isinstance(device, backend.device):
+            t = device(Tensor._make(arrays[node["a"]]))
+        else:
+            t = Tensor._make(backend.to_device(arrays[node["a"]], device))
         if node.get("rg"):
             t.requires_grad_(True)
         return t

@@ -1,4 +1,10 @@
-"""``Tensor``: an array (NumPy or CuPy) plus what autograd needs to differentiate through it."""
+"""``Tensor``: an array (NumPy or CuPy) plus what autograd needs to differentiate through it.
+
+This module is the bottom of the autograd layer: it imports only the backend. It holds the data,
+its attributes and Python's protocols; every method that computes (``x + y``, ``x.sum()``,
+``x.add_()``, ``x.to()``, ``x.backward()``) is bound onto the class from one table in
+``ddpgrad/ops/methods.py``, once the ops it calls exist.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,6 @@ import weakref
 import numpy as np
 
 from . import backend
-from .autograd import grad_mode
 
 
 class Tensor:
@@ -19,14 +24,14 @@ class Tensor:
 
     __slots__ = (
         "_data", "requires_grad", "grad", "grad_fn", "_vc", "_acc",
-        "_hooks", "_post_hooks", "_retains_grad", "__weakref__",
+        "_hooks", "_post_hooks", "_retains_grad", "_view", "__weakref__",
     )
     __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected operator
 
     def __init__(self, data, dtype=None, requires_grad=False, device=None):
-        from .ops.creation import as_array
-
-        self._init(as_array(data, dtype=dtype, device=device))
+        """``Tensor(data)``, PyTorch's legacy constructor: always the default float dtype (use
+        ``ddpgrad.tensor(data)`` to keep integer or bool data)."""
+        self._init(as_array(data, dtype=dtype or backend.get_default_dtype(), device=device))
         if requires_grad:
             self.requires_grad_(True)
 
@@ -40,6 +45,7 @@ class Tensor:
         self._hooks = None
         self._post_hooks = None
         self._retains_grad = False
+        self._view = None  # (base, replay on tensors, same region of an array, base.grad_fn seen)
 
     @classmethod
     def _make(cls, array):
@@ -58,7 +64,9 @@ class Tensor:
 
     @data.setter
     def data(self, value):
-        self._data = value._data if isinstance(value, Tensor) else value
+        array = value._data if isinstance(value, Tensor) else value
+        if array is not self._data:
+            self._data, self._view = array, None  # new memory: no longer a view of anything
 
     @property
     def shape(self):
@@ -101,14 +109,6 @@ class Tensor:
         return self.grad_fn is None
 
     @property
-    def T(self):  # noqa: N802 - PyTorch's name
-        return self.permute(*reversed(range(self.ndim)))
-
-    @property
-    def mT(self):  # noqa: N802
-        return self.transpose(-2, -1)
-
-    @property
     def _version(self):
         return self._vc[0]
 
@@ -116,12 +116,6 @@ class Tensor:
         return self._data.dtype.kind == "f"
 
     # ------------------------------------------------------------------ autograd
-    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
-        """Compute the gradient of this tensor with respect to the graph leaves."""
-        from .autograd import backward
-
-        backward([self], None if gradient is None else [gradient], retain_graph, create_graph, inputs)
-
     def requires_grad_(self, requires_grad=True):
         if not requires_grad and self.grad_fn is not None:
             raise RuntimeError(
@@ -193,13 +187,6 @@ class Tensor:
         self._post_hooks.append(hook)
         return _RemovableHandle(self._post_hooks, hook)
 
-    def _accumulator(self):
-        if self._acc is None:
-            from .autograd.function import AccumulateGrad
-
-            self._acc = AccumulateGrad(self)
-        return self._acc
-
     # ------------------------------------------------------------------ conversion
     def item(self):
         if self._data.size != 1:
@@ -211,18 +198,6 @@ class Tensor:
     def tolist(self):
         return self._data.tolist()
 
-    def numpy(self):
-        """The array itself on the CPU (no copy; writes show in the tensor, as in PyTorch)."""
-        if self.requires_grad and grad_mode.state.enabled:
-            raise RuntimeError(
-                "Can't call numpy() on a Tensor that requires grad. Use tensor.detach().numpy()"
-            )
-        if backend.is_cuda_array(self._data):
-            raise TypeError(
-                "can't convert a cuda tensor to numpy: use tensor.cpu() to copy it to the host first"
-            )
-        return self._own_array()
-
     def __array__(self, dtype=None, copy=None):
         # np.asarray(t) shares memory, np.array(t) (copy=True) must not
         data = np.asarray(backend.to_device(self._data, backend.CPU))  # 0-d results: NumPy scalars
@@ -230,70 +205,27 @@ class Tensor:
             return data.astype(dtype, copy=bool(copy))
         return data.copy() if copy else data
 
-    def to(self, *args, **kwargs):
-        """Cast to a dtype and/or move to a device: ``to(dtype)``, ``to(device)``, ``to(other)``."""
-        dtype, dev = parse_to_args(args, kwargs)
-        out = self
-        if dev is not None and dev != self.device:
-            from .ops.shape import ToDevice
-
-            out = ToDevice.apply(out, dev)
-        if dtype is not None and dtype != out.dtype:
-            from .ops.shape import Cast
-
-            out = Cast.apply(out, dtype)
-        return out
-
-    def cpu(self):
-        return self.to("cpu")
-
-    def cuda(self, device=None):
-        return self.to(backend.device("cuda", device) if device is None or isinstance(device, int) else device)
-
-    def float(self):
-        return self.to(backend.float32)
-
-    def double(self):
-        return self.to(backend.float64)
-
-    def half(self):
-        return self.to(backend.float16)
-
-    def long(self):
-        return self.to(backend.int64)
-
-    def int(self):
-        return self.to(backend.int32)
-
-    def bool(self):
-        return self.to(backend.bool_)
-
-    def type(self, dtype=None):
-        if dtype is None:
-            return f"ddpgrad.{self.dtype.name.capitalize()}Tensor"
-        return self.to(dtype)
-
-    def type_as(self, other):
-        return self.to(other.dtype)
-
-    def clone(self):
-        from .ops.shape import Clone
-
-        return Clone.apply(self)
-
-    def contiguous(self):
+    def contiguous(self, memory_format=None):
         return self
 
-    # ------------------------------------------------------------------ in-place
-    def _check_inplace(self, what):
-        if self.requires_grad and grad_mode.state.enabled:
-            kind = "a leaf Variable that requires grad" if self.grad_fn is None else "a tensor that requires grad"
-            raise RuntimeError(
-                f"{what}: {kind} is being used in an in-place operation. Wrap the update in "
-                f"`with ddpgrad.no_grad():`, or use the out-of-place form (x = x + y)."
-            )
-        self._own_array()
+    def is_contiguous(self, memory_format=None):
+        return bool(getattr(self._data, "flags", None) is None or self._data.flags.c_contiguous)
 
+    def stride(self, dim=None):
+        """Strides in elements, as PyTorch (NumPy counts bytes)."""
+        steps = tuple(s // self._data.itemsize for s in getattr(self._data, "strides", ()))
+        return steps if dim is None else steps[dim]
+
+    def get_device(self):
+        return -1 if self.device.type == "cpu" else self.device.index
+
+    def pin_memory(self):
+        return self
+
+    def share_memory_(self):
+        return self
+
+    # ------------------------------------------------------------------ in-place bookkeeping
     def _own_array(self):
         """Make ``_data`` a writable array: NumPy returns 0-d results as immutable scalars."""
         if isinstance(self._data, np.generic):
@@ -303,82 +235,6 @@ class Tensor:
     def _bump(self):
         self._vc[0] += 1
         return self
-
-    def _inplace(self, name, other, fn):
-        self._check_inplace(name)
-        other = other._data if isinstance(other, Tensor) else other
-        try:
-            # NumPy's and CuPy's default casting ("same_kind"): like PyTorch, a float result
-            # into an integer tensor is an error, not a silent truncation
-            fn(self._data, other, out=self._data)
-        except TypeError:
-            raise RuntimeError(
-                f"{name}: the result can't be cast to this tensor's dtype {self.dtype}; convert "
-                f"one side first (e.g. x = x.float())"
-            ) from None
-        return self._bump()
-
-    def add_(self, other, alpha=1):
-        if alpha != 1:
-            other = (other._data if isinstance(other, Tensor) else other) * alpha
-        return self._inplace("add_", other, backend.array_module(self._data).add)
-
-    def sub_(self, other, alpha=1):
-        if alpha != 1:
-            other = (other._data if isinstance(other, Tensor) else other) * alpha
-        return self._inplace("sub_", other, backend.array_module(self._data).subtract)
-
-    def mul_(self, other):
-        return self._inplace("mul_", other, backend.array_module(self._data).multiply)
-
-    def div_(self, other):
-        return self._inplace("div_", other, backend.array_module(self._data).true_divide)
-
-    def zero_(self):
-        self._check_inplace("zero_")
-        self._data[...] = 0
-        return self._bump()
-
-    def fill_(self, value):
-        self._check_inplace("fill_")
-        self._data[...] = value.item() if isinstance(value, Tensor) else value
-        return self._bump()
-
-    def copy_(self, src):
-        self._check_inplace("copy_")
-        src = src._data if isinstance(src, Tensor) else src
-        xp = backend.array_module(self._data)
-        if backend.array_module(src) is not xp:
-            src = backend.to_device(src, self.device)
-        xp.copyto(self._data, src, casting="unsafe")
-        return self._bump()
-
-    def clamp_(self, min=None, max=None):  # noqa: A002
-        self._check_inplace("clamp_")
-        backend.array_module(self._data).clip(self._data, min, max, out=self._data)
-        return self._bump()
-
-    def uniform_(self, a=0.0, b=1.0):
-        from . import random
-
-        return self.copy_(random.uniform_array(a, b, self.shape, self.dtype, self.device))
-
-    def normal_(self, mean=0.0, std=1.0):
-        from . import random
-
-        return self.copy_(random.normal_array(mean, std, self.shape, self.dtype, self.device))
-
-    def __setitem__(self, index, value):
-        self._check_inplace("__setitem__")
-        if isinstance(value, Tensor):
-            if value.requires_grad and grad_mode.state.enabled:
-                raise RuntimeError(
-                    "assigning a tensor that requires grad into another tensor is not supported: "
-                    "build the result with ddpgrad.where or ddpgrad.cat instead"
-                )
-            value = value._data
-        self._data[_index_arrays(index)] = value
-        self._bump()
 
     # ------------------------------------------------------------------ python protocol
     def __len__(self):
@@ -411,6 +267,11 @@ class Tensor:
 
     __hash__ = object.__hash__
 
+    def __format__(self, spec):
+        if self._data.ndim == 0:
+            return format(self.item(), spec)  # f"{loss:.4f}", as PyTorch
+        return object.__format__(self, spec)
+
     def __repr__(self):
         body = np.array2string(
             np.asarray(backend.to_device(self._data, backend.CPU)),
@@ -422,44 +283,10 @@ class Tensor:
         if self.dtype not in (backend.get_default_dtype(), backend.int64, backend.bool_):
             extras.append(f"dtype=ddpgrad.{self.dtype.name}")
         if self.grad_fn is not None:
-            extras.append(f"grad_fn=<{self.grad_fn.name}>")
+            extras.append(f"grad_fn=<{self.grad_fn.name()}>")
         elif self.requires_grad:
             extras.append("requires_grad=True")
         return "tensor(" + body + "".join(", " + e for e in extras) + ")"
-
-    # ------------------------------------------------------------------ ops (defined in ops/)
-    def __add__(self, other): return _ops.add(self, other)
-    def __radd__(self, other): return _ops.add(other, self)
-    def __sub__(self, other): return _ops.sub(self, other)
-    def __rsub__(self, other): return _ops.sub(other, self)
-    def __mul__(self, other): return _ops.mul(self, other)
-    def __rmul__(self, other): return _ops.mul(other, self)
-    def __truediv__(self, other): return _ops.div(self, other)
-    def __rtruediv__(self, other): return _ops.div(other, self)
-    def __pow__(self, other): return _ops.pow(self, other)
-    def __rpow__(self, other): return _ops.pow(other, self)
-    def __matmul__(self, other): return _ops.matmul(self, other)
-    def __rmatmul__(self, other): return _ops.matmul(other, self)
-    def __neg__(self): return _ops.neg(self)
-    def __pos__(self): return self
-    def __abs__(self): return _ops.abs(self)
-    def __floordiv__(self, other): return _ops.floor_divide(self, other)
-    def __rfloordiv__(self, other): return _ops.floor_divide(other, self)
-    def __mod__(self, other): return _ops.remainder(self, other)
-    def __eq__(self, other): return _ops.eq(self, other)  # noqa: D105
-    def __ne__(self, other): return _ops.ne(self, other)
-    def __lt__(self, other): return _ops.lt(self, other)
-    def __le__(self, other): return _ops.le(self, other)
-    def __gt__(self, other): return _ops.gt(self, other)
-    def __ge__(self, other): return _ops.ge(self, other)
-    def __and__(self, other): return _ops.logical_and(self, other)
-    def __or__(self, other): return _ops.logical_or(self, other)
-    def __xor__(self, other): return _ops.logical_xor(self, other)
-    def __invert__(self): return _ops.logical_not(self)
-
-    def __getitem__(self, index):
-        return _ops.index(self, index)
-
 
 class Size(tuple):
     """A shape, as ``torch.Size``: a tuple with ``numel()``."""
@@ -526,4 +353,45 @@ def is_tensor(obj):
     return isinstance(obj, Tensor)
 
 
-from . import ops as _ops  # noqa: E402  (ops build on Tensor)
+def as_array(data, dtype=None, device=None):
+    """An array for ``data`` with PyTorch's dtype inference.
+
+    Python floats become the default dtype (float32), Python ints int64, bools bool; NumPy arrays
+    keep their dtype. ``device`` moves the result.
+    """
+    dtype = backend.as_dtype(dtype)
+    if isinstance(data, Tensor):
+        array = data._data
+    elif isinstance(data, np.ndarray) or backend.is_cuda_array(data):
+        array = data
+    else:
+        if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in _flat(data)):
+            data = _unwrap_nested(data)
+        array = np.asarray(data)
+        if array.dtype == np.float64 and dtype is None and not isinstance(data, np.generic):
+            dtype = backend.get_default_dtype()
+        elif array.dtype.kind == "i" and dtype is None and not isinstance(data, np.generic):
+            dtype = backend.int64  # Python ints (int32 on some platforms); NumPy scalars keep theirs
+        elif array.dtype.kind not in "fiubc":
+            raise TypeError(f"can't convert {type(data).__name__} with dtype {array.dtype} to a tensor")
+    if dtype is not None and array.dtype != dtype:
+        array = array.astype(dtype)
+    elif isinstance(data, (Tensor, np.ndarray)) or backend.is_cuda_array(data):
+        array = array.copy()
+    if device is not None or backend.get_default_device() != backend.CPU:
+        array = backend.to_device(array, backend.as_device(device))
+    return array
+
+
+def _flat(seq):
+    for item in seq:
+        if isinstance(item, (list, tuple)):
+            yield from _flat(item)
+        else:
+            yield item
+
+
+def _unwrap_nested(seq):
+    if isinstance(seq, (list, tuple)):
+        return [_unwrap_nested(s) for s in seq]
+    return backend.to_device(seq._data, backend.CPU) if isinstance(seq, Tensor) else seq

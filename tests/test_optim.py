@@ -94,10 +94,31 @@ ADAMW_CASES = [
     {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True},
     {"lr": 0.01, "weight_decay": 0.05, "maximize": True, "betas": (0.5, 0.9)},
 ]
+ADAPTIVE_CASES = [
+    (ddpgrad.optim.RMSprop, torch.optim.RMSprop, {}),
+    (ddpgrad.optim.RMSprop, torch.optim.RMSprop, {"lr": 0.01, "alpha": 0.9, "momentum": 0.8, "centered": True,
+                                                  "weight_decay": 0.1}),
+    (ddpgrad.optim.RMSprop, torch.optim.RMSprop, {"lr": 0.005, "momentum": 0.5, "maximize": True}),
+    (ddpgrad.optim.Adagrad, torch.optim.Adagrad, {}),
+    (ddpgrad.optim.Adagrad, torch.optim.Adagrad, {"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.1,
+                                                  "initial_accumulator_value": 0.5, "maximize": True}),
+    (ddpgrad.optim.Adamax, torch.optim.Adamax, {}),
+    (ddpgrad.optim.Adamax, torch.optim.Adamax, {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.1,
+                                                "maximize": True}),
+    (ddpgrad.optim.NAdam, torch.optim.NAdam, {}),
+    (ddpgrad.optim.NAdam, torch.optim.NAdam, {"lr": 0.01, "momentum_decay": 0.01, "weight_decay": 0.1}),
+    (ddpgrad.optim.NAdam, torch.optim.NAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True,
+                                              "maximize": True}),
+    (ddpgrad.optim.RAdam, torch.optim.RAdam, {}),
+    (ddpgrad.optim.RAdam, torch.optim.RAdam, {"lr": 0.01, "betas": (0.5, 0.9), "weight_decay": 0.1}),
+    (ddpgrad.optim.RAdam, torch.optim.RAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True,
+                                              "maximize": True}),
+]
 ALL_CASES = (
     [(SGD, torch.optim.SGD, kw) for kw in SGD_CASES]
     + [(Adam, torch.optim.Adam, kw) for kw in ADAM_CASES]
     + [(AdamW, torch.optim.AdamW, kw) for kw in ADAMW_CASES]
+    + ADAPTIVE_CASES
 )
 CASE_IDS = [f"{ours.__name__}-{kw}" for ours, _, kw in ALL_CASES]
 

@@ -6,17 +6,21 @@
    the forward pass, which is what lets the gradient reducer start communication early.
 3. Gradients reaching a node are summed before it runs. Leaves add their gradient *in place* into
    an existing ``.grad`` buffer, then fire their post-accumulate hooks once.
+   A leaf without ``.grad`` takes the incoming array itself, without a copy, when the engine knows
+   that nothing else holds it: each buffered gradient carries an *owned* flag, true for arrays
+   the engine made (sums, casts) and for new arrays returned by ddpgrad's own ops (not one of
+   their saved arrays or attributes, not handed to two inputs, not seen by a hook).
 4. Callbacks queued during the pass run when it ends.
 """
 
 from __future__ import annotations
 
 import heapq
-import sys
 import threading
 
 from ..backend import array_module
-from .function import _FREED_MESSAGE, AccumulateGrad
+from ..tensor import Tensor
+from .function import _FREED_MESSAGE, AccumulateGrad, leaf_node
 from .grad_mode import no_grad
 
 
@@ -56,10 +60,10 @@ def run_backward(roots, root_grads, retain_graph=False, capture=None):
     mapping nodes to None), gradients reaching those nodes are stored there instead and no
     ``.grad`` is touched (``autograd.grad``).
     """
-    buffers = {}
+    buffers = {}  # node -> [gradient, owned]
     for t, g in zip(roots, root_grads):
-        node = t.grad_fn if t.grad_fn is not None else t._accumulator()
-        buffers[node] = buffers[node] + g if node in buffers else g
+        node = t.grad_fn if t.grad_fn is not None else leaf_node(t)
+        buffers[node] = [buffers[node][0] + g, True] if node in buffers else [g, False]
 
     deps = {}
     stack = list(buffers)
@@ -87,7 +91,8 @@ def run_backward(roots, root_grads, retain_graph=False, capture=None):
         with no_grad():
             while ready:
                 node = heapq.heappop(ready)[2]
-                grad = buffers.pop(node, None)
+                entry = buffers.pop(node, None)
+                grad, owned = (None, False) if entry is None else entry
                 if grad is None:
                     # Every edge into this node carried None (no gradient): its inputs get none
                     # from it either, but their edges from it still count as done.
@@ -96,7 +101,7 @@ def run_backward(roots, root_grads, retain_graph=False, capture=None):
                     grads = (None,) * len(node.next_nodes)
                 elif type(node) is AccumulateGrad:
                     if capture is None:
-                        _accumulate(node.variable, grad)
+                        _accumulate(node.variable, grad, owned)
                     elif node in capture:
                         hooks = node.variable._hooks
                         capture[node] = _run_pre_hooks(hooks, grad) if hooks else grad
@@ -104,8 +109,10 @@ def run_backward(roots, root_grads, retain_graph=False, capture=None):
                 else:
                     if node.pre_hooks:
                         grad = _run_pre_hooks(node.pre_hooks, grad)
+                        owned = False  # a hook may keep the tensor it was given
                     if capture is not None and node in capture:
                         capture[node] = grad
+                        owned = False
                     if node.saved is None:
                         raise RuntimeError(_FREED_MESSAGE)
                     if node.versions:
@@ -113,8 +120,6 @@ def run_backward(roots, root_grads, retain_graph=False, capture=None):
                     grads = node.backward(node, grad)
                     if type(grads) is not tuple:
                         grads = (grads,)
-                    if not retain_graph:
-                        node.release()
                 nexts = node.next_nodes
                 if len(grads) != len(nexts):
                     grads = _fit_grads(node, grads)
@@ -122,30 +127,53 @@ def run_backward(roots, root_grads, retain_graph=False, capture=None):
                     if parent is None:
                         continue
                     if g is not None:
+                        fresh = _owned_output(node, g, grad, owned, grads)
                         shape, dtype = meta
                         if g.shape != shape:
                             g = unbroadcast(g, shape)
+                            fresh = fresh or g.base is None
                         if g.dtype != dtype:
                             g = g.astype(dtype)
+                            fresh = True
                         if parent in buffers:
-                            buffers[parent] = buffers[parent] + g
+                            held = buffers[parent]
+                            held[0], held[1] = held[0] + g, True
                         else:
-                            buffers[parent] = g
+                            buffers[parent] = [g, fresh]
                     left = deps[parent] - 1
                     deps[parent] = left
                     if left == 0:
                         heapq.heappush(ready, (-parent.seq, tiebreak, parent))
                         tiebreak += 1
-                grads = g = None  # the buffers own the gradients now (see _sole_owner)
+                if grad is not None and type(node) is not AccumulateGrad and not retain_graph:
+                    node.release()
             while callbacks:
                 callbacks.pop(0)()
     finally:
         _state.callbacks = outer_callbacks
 
 
-def _run_pre_hooks(hooks, grad):
-    from ..tensor import Tensor
+def _owned_output(node, g, grad, owned, grads):
+    """Whether ``g``, one gradient ``node.backward`` returned, belongs to nobody but the engine."""
+    if sum(1 for x in grads if x is g) > 1:
+        return False  # handed to two inputs (``Add`` passes the same array to both)
+    if g is grad:
+        return owned  # passed through: as owned as what came in
+    if not type(node).__module__.startswith(_BUILTIN_OPS):
+        return False  # a user's Function may keep what it returns anywhere
+    for kept in node.saved or ():
+        if g is kept:
+            return False
+    for kept in vars(node).values():
+        if g is kept:
+            return False
+    return True
 
+
+_BUILTIN_OPS = "ddpgrad."
+
+
+def _run_pre_hooks(hooks, grad):
     for hook in hooks:
         result = hook(Tensor._make(grad))
         if result is not None:
@@ -162,19 +190,18 @@ def _fit_grads(node, grads):
     if m > n and all(g is None for g in grads[n:]):
         return grads[:n]
     raise RuntimeError(
-        f"{node.name} returned an incorrect number of gradients (expected {n}, got {m}): "
+        f"{node.name()} returned an incorrect number of gradients (expected {n}, got {m}): "
         f"backward must return one gradient per positional input of forward (None where there is none)"
     )
 
 
-def _accumulate(variable, grad):
+def _accumulate(variable, grad, owned=False):
     if variable._hooks:
         grad = _run_pre_hooks(variable._hooks, grad)
+        owned = False
     existing = variable.grad
     if existing is None:
-        from ..tensor import Tensor
-
-        if _sole_owner(grad):
+        if owned and _takeable(grad):
             variable.grad = Tensor._make(grad)  # nobody else holds it: take it, no copy
         else:
             # A copy (grad may alias another tensor's array), and always a real array: NumPy hands
@@ -187,13 +214,10 @@ def _accumulate(variable, grad):
             hook(variable)
 
 
-_OWNER_REFS = 4  # run_backward's local, _accumulate's argument, _sole_owner's, getrefcount's
-
-
-def _sole_owner(grad):
-    """True when ``grad`` is a writable array that owns its memory and nothing else refers to."""
+def _takeable(grad):
+    """A writable array that owns its memory (not a view, not a 0-d NumPy scalar)."""
     return (getattr(grad, "base", 0) is None and getattr(grad, "ndim", 0) > 0
-            and getattr(grad.flags, "writeable", True) and sys.getrefcount(grad) <= _OWNER_REFS)
+            and getattr(grad.flags, "writeable", True))
 
 
 def _check_versions(node):
@@ -201,7 +225,7 @@ def _check_versions(node):
         if counter[0] != expected:
             raise RuntimeError(
                 f"one of the variables needed for gradient computation has been modified by an "
-                f"in-place operation: an input of {node.name} is at version {counter[0]}; expected "
+                f"in-place operation: an input of {node.name()} is at version {counter[0]}; expected "
                 f"version {expected} instead. Modify a copy (x = x.clone()) or do the in-place "
                 f"change after backward."
             )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 
 from ..backend import device_of
+from ..tensor import Tensor
 from . import grad_mode
 
 _sequence = itertools.count()
@@ -55,9 +56,25 @@ class Function:
             raise RuntimeError(_FREED_MESSAGE)
         return self.saved
 
-    @property
     def name(self):
-        return type(self).__name__ + "Backward"
+        """The node's name, as PyTorch's ``grad_fn.name()``: ``MulBackward0``."""
+        return type(self).__name__ + "Backward0"
+
+    @property
+    def needs_input_grad(self):
+        """One bool per positional input of forward: does it need a gradient? (read it in backward)"""
+        return tuple(node is not None for node in self.next_nodes)
+
+    def mark_non_differentiable(self, *outputs):
+        """Accepted for PyTorch's API; a ddpgrad Function has one output, which is differentiable."""
+
+    def set_materialize_grads(self, value):
+        """Accepted for PyTorch's API: ``backward`` always gets an array gradient here."""
+
+    @property
+    def next_functions(self):
+        """``((node, 0), ...)``, one per input, as PyTorch's ``grad_fn.next_functions``."""
+        return tuple((node, 0) for node in self.next_nodes)
 
     def release(self):
         """Drop what forward kept for backward (the graph was used and not retained)."""
@@ -65,7 +82,7 @@ class Function:
         self.freed = True
 
     def __repr__(self):
-        return f"<{self.name}>"
+        return f"<{self.name()}>"
 
     @classmethod
     def apply(cls, *args, **kwargs):
@@ -75,6 +92,8 @@ class Function:
         first = None
         for a in args:
             if isinstance(a, Tensor):
+                if a._view is not None:
+                    refresh_view(a)
                 arr = a._data
                 if first is None:
                     first = arr
@@ -94,7 +113,7 @@ class Function:
             for a in args:
                 if isinstance(a, Tensor):
                     if a.requires_grad:
-                        nexts.append(a.grad_fn if a.grad_fn is not None else a._accumulator())
+                        nexts.append(a.grad_fn if a.grad_fn is not None else leaf_node(a))
                         meta.append((a._data.shape, a._data.dtype))
                     else:
                         nexts.append(None)
@@ -129,15 +148,15 @@ class AccumulateGrad:
 
     __slots__ = ("variable", "__weakref__")
     next_nodes = ()
+    next_functions = ()
     seq = float("inf")  # leaves are accumulated as soon as their gradient is final
     pre_hooks = None
 
     def __init__(self, variable):
         self.variable = variable
 
-    @property
     def name(self):
-        return "AccumulateGrad"
+        return "torch::autograd::AccumulateGrad"
 
     def __repr__(self):
         return "<AccumulateGrad>"
@@ -157,4 +176,20 @@ def _raise_device_mismatch(cls, a, b):
     )
 
 
-from ..tensor import Tensor  # noqa: E402  (the two modules refer to each other)
+def leaf_node(t):
+    """The ``AccumulateGrad`` node of a leaf tensor (made on first use, then kept on the tensor)."""
+    if t._acc is None:
+        t._acc = AccumulateGrad(t)
+    return t._acc
+
+
+def refresh_view(t):
+    """Give a view the current history of its base, after the base (or another view of it) was
+    changed in place in the graph: ``t._view`` is (base, replay on tensors, region, base's node)."""
+    base, replay, region, seen = t._view
+    if base.grad_fn is not seen:
+        t._view = (base, replay, region, base.grad_fn)
+        if base.requires_grad:
+            with grad_mode.enable_grad():
+                t.grad_fn = replay(base).grad_fn
+            t.requires_grad = True

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
+from ..tensor import Tensor
+from .differentiate import grad as autograd_grad
 from .grad_mode import no_grad
 
 
@@ -18,9 +20,6 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True):
     Inputs should be float64. Returns True, or raises ``GradcheckError`` naming the output, the
     input, the worst element and both values (returns False with ``raise_exception=False``).
     """
-    from ..tensor import Tensor
-    from . import grad as autograd_grad
-
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     positions = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
     if not positions:

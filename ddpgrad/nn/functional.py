@@ -3,6 +3,7 @@ and arguments. Layers and losses are one fused graph node each (see ``ddpgrad/op
 
 from __future__ import annotations
 
+import math
 import warnings
 
 from .. import backend, ops, random
@@ -42,7 +43,66 @@ def linear(input, weight, bias=None):  # noqa: A002 - PyTorch's argument names
 
 
 def relu(input, inplace=False):  # noqa: A002
-    return ops.relu(input)
+    return input.relu_() if inplace else ops.relu(input)
+
+
+def _activation(fn, inplace_name=None):
+    """``F.name(input, ..., inplace=False)`` over the op ``fn`` (``inplace=True`` writes into input)."""
+    def activation(input, *args, inplace=False, **kwargs):  # noqa: A002
+        if inplace:
+            return getattr(input, inplace_name or fn.__name__ + "_")(*args, **kwargs)
+        return fn(input, *args, **kwargs)
+
+    activation.__name__ = activation.__qualname__ = fn.__name__
+    activation.__doc__ = fn.__doc__
+    return activation
+
+
+def _positional_inplace(fn, n_args):
+    """PyTorch's positional ``inplace`` (``F.leaky_relu(x, 0.2, True)``) as the keyword."""
+    base = _activation(fn)
+
+    def activation(input, *args, **kwargs):  # noqa: A002
+        if len(args) > n_args:
+            kwargs["inplace"] = args[n_args]
+            args = args[:n_args]
+        return base(input, *args, **kwargs)
+
+    activation.__name__ = activation.__qualname__ = fn.__name__
+    return activation
+
+
+silu = _activation(ops.silu)
+mish = _activation(ops.mish)
+hardsigmoid = _activation(ops.hardsigmoid)
+hardswish = _activation(ops.hardswish)
+relu6 = _activation(ops.relu6, "relu6_")
+leaky_relu = _positional_inplace(ops.leaky_relu, 1)
+elu = _positional_inplace(ops.elu, 1)
+celu = _positional_inplace(ops.celu, 1)
+selu = _positional_inplace(ops.selu, 0)
+hardtanh = _positional_inplace(ops.hardtanh, 2)
+softplus = ops.softplus
+logsigmoid = ops.logsigmoid
+softsign = ops.softsign
+tanhshrink = ops.tanhshrink
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12):  # noqa: A002
+    """``input`` divided by its p-norm along ``dim`` (at least ``eps``)."""
+    return input / ops.clamp_min(ops.norm(input, p, dim, keepdim=True), eps)
+
+
+def cosine_similarity(x1, x2, dim=1, eps=1e-8):
+    """The cosine of the angle between ``x1`` and ``x2`` along ``dim``."""
+    dot = (x1 * x2).sum(dim)
+    n1 = ops.clamp_min(ops.norm(x1, 2, dim), eps)
+    n2 = ops.clamp_min(ops.norm(x2, 2, dim), eps)
+    return dot / (n1 * n2)
+
+
+def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
+    return ops.norm(x1 - x2 + eps, p, -1, keepdim=keepdim)
 
 
 def gelu(input, approximate="none"):  # noqa: A002
@@ -200,3 +260,106 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     """Sigmoid + binary cross-entropy in one numerically stable step."""
     reduction = _reduction(size_average, reduce, reduction)
     return fused.BCEWithLogits.apply(input, target, weight, pos_weight, reduction=reduction)
+
+
+def _reduce_loss(loss, reduction):
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.mean()
+
+
+_BCE_LOG_FLOOR = -100.0  # PyTorch clamps log(p) at -100 so that p = 0 or 1 gives a finite loss
+
+
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,  # noqa: A002
+                         reduction="mean"):
+    """Binary cross-entropy of probabilities ``input`` (after a sigmoid) against ``target``."""
+    reduction = _reduction(size_average, reduce, reduction)
+    if tuple(target.shape) != tuple(input.shape):
+        raise ValueError(
+            f"Using a target size ({target.shape}) that is different to the input size ({input.shape}) "
+            f"is deprecated. Please ensure they have the same size."
+        )
+    log_p = ops.clamp_min(ops.log(input), _BCE_LOG_FLOOR)
+    log_q = ops.clamp_min(ops.log(1 - input), _BCE_LOG_FLOOR)
+    loss = -(target * log_p + (1 - target) * log_q)
+    if weight is not None:
+        loss = loss * weight
+    return _reduce_loss(loss, reduction)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0):  # noqa: A002
+    """Squared error below ``delta``, linear above (continuous slope)."""
+    _check_same_size(input, target, "huber_loss")
+    diff = ops.abs(input - target)
+    loss = ops.where(diff < delta, 0.5 * diff * diff, delta * (diff - 0.5 * delta))
+    return _reduce_loss(loss, _reduction(None, None, reduction))
+
+
+def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0):  # noqa: A002
+    """Huber loss divided by ``beta``: squared below ``beta``, L1 above."""
+    _check_same_size(input, target, "smooth_l1_loss")
+    reduction = _reduction(size_average, reduce, reduction)
+    diff = ops.abs(input - target)
+    if beta == 0:
+        return _reduce_loss(diff, reduction)
+    loss = ops.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
+    return _reduce_loss(loss, reduction)
+
+
+def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_target=False):  # noqa: A002
+    """KL(target || p) for log-probabilities ``input``; ``reduction='batchmean'`` is the true KL divergence."""
+    if reduction == "batchmean":
+        mode = "batchmean"
+    else:
+        mode = _reduction(size_average, reduce, reduction)
+        if mode == "mean":
+            warnings.warn("reduction: 'mean' divides the total loss by both the batch size and the support "
+                          "size. 'batchmean' divides only by the batch size, and aligns with the KL div math "
+                          "definition.", stacklevel=2)
+    if log_target:
+        loss = ops.exp(target) * (target - input)
+    else:
+        loss = ops.xlogy(target, target) - target * input
+    if mode == "batchmean":
+        return loss.sum() / (input.shape[0] if input.ndim else 1)
+    return _reduce_loss(loss, mode)
+
+
+def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):  # noqa: A002
+    """log(1 + exp(-target * input)) for labels in {-1, 1}."""
+    return _reduce_loss(ops.softplus(-target * input), _reduction(size_average, reduce, reduction))
+
+
+def margin_ranking_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None, reduction="mean"):
+    return _reduce_loss(ops.clamp_min(-target * (input1 - input2) + margin, 0),
+                        _reduction(size_average, reduce, reduction))
+
+
+def cosine_embedding_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None,
+                          reduction="mean"):
+    cos = cosine_similarity(input1, input2, dim=-1, eps=1e-12)
+    loss = ops.where(target > 0, 1 - cos, ops.clamp_min(cos - margin, 0))
+    return _reduce_loss(loss, _reduction(size_average, reduce, reduction))
+
+
+def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"):  # noqa: A002
+    v = ops.clamp_min(var, eps) if not var.requires_grad else var.clamp(min=eps)
+    loss = 0.5 * (ops.log(v) + (input - target) ** 2 / v)
+    if full:
+        loss = loss + 0.5 * math.log(2 * math.pi)
+    return _reduce_loss(loss, reduction)
+
+
+def poisson_nll_loss(input, target, log_input=True, full=False, size_average=None, eps=1e-8,  # noqa: A002
+                     reduce=None, reduction="mean"):
+    if log_input:
+        loss = ops.exp(input) - target * input
+    else:
+        loss = input - target * ops.log(input + eps)
+    if full:
+        approx = target * ops.log(target) - target + 0.5 * ops.log(2 * math.pi * target)
+        loss = loss + ops.where(target > 1, approx, 0.0)
+    return _reduce_loss(loss, _reduction(size_average, reduce, reduction))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..autograd.engine import unbroadcast
 from ..autograd.function import Function
 from ..backend import array_module
 
@@ -143,8 +144,6 @@ class Matmul(Function):
 
 
 def _sum_to(x, shape):
-    from ..autograd.engine import unbroadcast
-
     return unbroadcast(x, shape)
 
 

@@ -5,51 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, random
-from ..tensor import Tensor
-
-
-def as_array(data, dtype=None, device=None):
-    """An array for ``data`` with PyTorch's dtype inference.
-
-    Python floats become the default dtype (float32), Python ints int64, bools bool; NumPy arrays
-    keep their dtype. ``device`` moves the result.
-    """
-    dtype = backend.as_dtype(dtype)
-    if isinstance(data, Tensor):
-        array = data._data
-    elif isinstance(data, np.ndarray) or backend.is_cuda_array(data):
-        array = data
-    else:
-        if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in _flat(data)):
-            data = _unwrap_nested(data)
-        array = np.asarray(data)
-        if array.dtype == np.float64 and dtype is None and not isinstance(data, np.generic):
-            dtype = backend.get_default_dtype()
-        elif array.dtype.kind == "i" and dtype is None and not isinstance(data, np.generic):
-            dtype = backend.int64  # Python ints (int32 on some platforms); NumPy scalars keep theirs
-        elif array.dtype.kind not in "fiubc":
-            raise TypeError(f"can't convert {type(data).__name__} with dtype {array.dtype} to a tensor")
-    if dtype is not None and array.dtype != dtype:
-        array = array.astype(dtype)
-    elif isinstance(data, (Tensor, np.ndarray)) or backend.is_cuda_array(data):
-        array = array.copy()
-    if device is not None:
-        array = backend.to_device(array, backend.as_device(device))
-    return array
-
-
-def _flat(seq):
-    for item in seq:
-        if isinstance(item, (list, tuple)):
-            yield from _flat(item)
-        else:
-            yield item
-
-
-def _unwrap_nested(seq):
-    if isinstance(seq, (list, tuple)):
-        return [_unwrap_nested(s) for s in seq]
-    return backend.to_device(seq._data, backend.CPU) if isinstance(seq, Tensor) else seq
+from ..tensor import Tensor, as_array  # noqa: F401  (as_array: re-exported)
 
 
 def _leaf(array, requires_grad):

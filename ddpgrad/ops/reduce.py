@@ -217,3 +217,49 @@ class LogSoftmax(Function):
         (out,) = ctx.saved_tensors
         xp = array_module(grad)
         return grad - xp.exp(out) * grad.sum(axis=ctx.dim, keepdims=True)
+
+
+class Norm(Function):
+    """The vector p-norm over ``dim`` (all elements when None); p may be inf, -inf or 0."""
+
+    @staticmethod
+    def forward(ctx, a, p=2.0, dim=None, keepdim=False):
+        xp = array_module(a)
+        axes = normalize_dims(dim, a.ndim)
+        mag = xp.abs(a)
+        if p == float("inf"):
+            out = xp.max(mag, axis=axes, keepdims=True)
+        elif p == float("-inf"):
+            out = xp.min(mag, axis=axes, keepdims=True)
+        elif p == 0:
+            out = (mag != 0).sum(axis=axes, keepdims=True).astype(a.dtype)
+        elif p == 1:
+            out = mag.sum(axis=axes, keepdims=True)
+        elif p == 2:
+            out = xp.sqrt((mag * mag).sum(axis=axes, keepdims=True))
+        else:
+            out = (mag ** p).sum(axis=axes, keepdims=True) ** (1.0 / p)
+        ctx.save_for_backward(a, out)
+        ctx.p, ctx.axes, ctx.keepdim = p, axes, keepdim
+        return out if keepdim else out.reshape([n for i, n in enumerate(a.shape) if i not in axes])
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, out = ctx.saved_tensors
+        xp = array_module(grad)
+        if not ctx.keepdim and ctx.axes:
+            grad = xp.expand_dims(grad, ctx.axes)
+        p = ctx.p
+        if p == 0:
+            return xp.zeros_like(a)
+        if p in (float("inf"), float("-inf")):
+            mask = xp.abs(a) == out
+            return xp.sign(a) * mask * (grad / mask.sum(axis=ctx.axes, keepdims=True))
+        if p == 1:
+            return xp.sign(a) * grad
+        with _quiet(xp):
+            if p == 2:
+                scale = a / out
+            else:
+                scale = xp.sign(a) * xp.abs(a) ** (p - 1) / out ** (p - 1)
+        return grad * xp.where(out == 0, 0, scale)  # the subgradient 0 at the origin, as PyTorch

@@ -153,3 +153,81 @@ class ToDevice(Function):
     @staticmethod
     def backward(ctx, grad):
         return to_device(grad, ctx.source)
+
+
+class Flip(Function):
+    @staticmethod
+    def forward(ctx, a, dims=()):
+        ctx.dims = dims
+        return array_module(a).flip(a, dims).copy()  # a copy, as torch.flip
+
+    @staticmethod
+    def backward(ctx, grad):
+        return array_module(grad).flip(grad, ctx.dims)
+
+
+class Roll(Function):
+    @staticmethod
+    def forward(ctx, a, shifts, dims=None):
+        ctx.shifts, ctx.dims = shifts, dims
+        return array_module(a).roll(a, shifts, axis=dims)
+
+    @staticmethod
+    def backward(ctx, grad):
+        back = tuple(-s for s in ctx.shifts) if isinstance(ctx.shifts, tuple) else -ctx.shifts
+        return array_module(grad).roll(grad, back, axis=ctx.dims)
+
+
+class Repeat(Function):
+    """``a`` tiled ``reps`` times per dimension (``reps`` may add leading dimensions)."""
+
+    @staticmethod
+    def forward(ctx, a, reps):
+        xp = array_module(a)
+        lead = len(reps) - a.ndim
+        ctx.padded = (1,) * lead + tuple(a.shape)
+        ctx.reps, ctx.shape = reps, a.shape
+        return xp.tile(a.reshape(ctx.padded), reps)
+
+    @staticmethod
+    def backward(ctx, grad):
+        split = []
+        for r, n in zip(ctx.reps, ctx.padded):
+            split += [r, n]
+        summed = grad.reshape(split).sum(axis=tuple(range(0, len(split), 2)))
+        return summed.reshape(ctx.shape)
+
+
+class Einsum(Function):
+    """``einsum`` on explicit subscripts (``ij,jk->ik``); each operand's gradient is one more einsum."""
+
+    @staticmethod
+    def forward(ctx, *arrays, inputs=(), output=""):
+        ctx.inputs, ctx.output = inputs, output
+        ctx.save_for_backward(*arrays)
+        return array_module(arrays[0]).einsum(",".join(inputs) + "->" + output, *arrays)
+
+    @staticmethod
+    def backward(ctx, grad):
+        arrays = ctx.saved_tensors
+        xp = array_module(grad)
+        grads = []
+        for i, (subs, x) in enumerate(zip(ctx.inputs, arrays)):
+            if ctx.next_nodes[i] is None:
+                grads.append(None)
+                continue
+            if len(set(subs)) != len(subs):
+                raise NotImplementedError(
+                    f"einsum backward: repeated subscripts within one operand ({subs!r}) are not "
+                    f"supported; take the diagonal first (ddpgrad.diagonal)"
+                )
+            others = [s for j, s in enumerate(ctx.inputs) if j != i]
+            known = set(ctx.output).union(*others) if others else set(ctx.output)
+            kept = "".join(c for c in subs if c in known)
+            g = xp.einsum(",".join([ctx.output] + others) + "->" + kept,
+                          grad, *[a for j, a in enumerate(arrays) if j != i])
+            if kept != subs:  # letters summed only inside this operand: broadcast back
+                g = xp.broadcast_to(
+                    g.reshape([x.shape[k] if c in known else 1 for k, c in enumerate(subs)]), x.shape)
+            grads.append(g)
+        return tuple(grads)
