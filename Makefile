@@ -46,6 +46,9 @@ test-mpi: $(STAMP)
 	  timeout -k 10 600 $(BIN)/mpiexec -n $$n $(BIN)/python -m pytest --with-mpi -x -q \
 	    -p no:cacheprovider -o timeout_method=thread --timeout 240 tests/mpi || exit 1; \
 	done
+	@echo "== tests/mpi DDP and 16-bit sums on 2 ranks with the progress thread (DDPGRAD_PROGRESS_THREAD=1)"
+	DDPGRAD_PROGRESS_THREAD=1 timeout -k 10 300 $(BIN)/mpiexec -n 2 $(BIN)/python -m pytest --with-mpi -x -q \
+	    -p no:cacheprovider -o timeout_method=thread --timeout 240 tests/mpi/test_ddp.py tests/mpi/test_comm_hooks_mpi.py
 
 # The MPI suite's DDP and failure cases across simulated nodes (network namespaces, root only:
 # skipped with the reason otherwise), on 2 nodes x 1 rank and 2 x 2; see launch/simcluster.py.

@@ -29,6 +29,7 @@ import ddpgrad as torch
 import ddpgrad.distributed as dist
 import ddpgrad.nn as nn
 import ddpgrad.nn.functional as F
+from ddpgrad.distributed.algorithms import Join
 from ddpgrad.distributed.algorithms.ddp_comm_hooks import default_hooks
 from ddpgrad.nn.parallel import DistributedDataParallel as DDP
 from ddpgrad.serialization import CheckpointError
@@ -94,6 +95,9 @@ def parse_args(argv=None, quiet=False):
     p.add_argument("--metrics", metavar="FILE", help="append one JSON line per epoch (with this run's id)")
     p.add_argument("--plot", metavar="FILE.png", help="loss and validation-accuracy curves (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (there is one only on a terminal)")
+    p.add_argument("--uneven", action="store_true",
+                   help="keep every sample (no padding, a partial last batch, ranks with one batch more "
+                        "than others), trained under DDP.join()")
     p.add_argument("--compress", choices=["none", "fp16", "bf16"], default="none",
                    help="send gradients as 16-bit floats (DDP communication hook): half the bytes")
     args = p.parse_args(argv)
@@ -352,10 +356,10 @@ def main(argv=None):
         device = torch.device("cuda", dist.local_rank() % max(1, torch.cuda.device_count()))
     train_set = TensorDataset(torch.from_numpy(Xtr), torch.from_numpy(ytr))
     val_set = TensorDataset(torch.from_numpy(Xva), torch.from_numpy(yva))
-    train_sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed)
+    train_sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed, pad=not args.uneven)
     val_sampler = DistributedSampler(val_set, shuffle=False, pad=False)
     per_rank = args.batch_size // world
-    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=train_sampler, drop_last=True)
+    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=train_sampler, drop_last=not args.uneven)
     val_loader = DataLoader(val_set, batch_size=256, sampler=val_sampler)
 
     ckpt_path = os.path.join(args.checkpoint_dir, "last.npz") if args.checkpoint_dir else None
@@ -396,15 +400,16 @@ def main(argv=None):
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros(1, dtype=torch.float64)
         bar = progress(train_loader, len(train_loader), f"epoch {epoch + 1}/{args.epochs}", rank == 0 and not args.quiet)
-        for x, target in bar:
-            x, target = x.to(device), target.to(device)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), target)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item()
-            steps += 1
-            samples += args.batch_size
+        with Join([model, optimizer], enable=args.uneven):  # ranks out of data shadow the others' steps
+            for x, target in bar:
+                x, target = x.to(device), target.to(device)
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(x), target)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item()
+                steps += 1
+        samples += len(train_set) if args.uneven else len(train_loader) * args.batch_size
         train_time += time.perf_counter() - epoch_start
         dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         val_loss, val_acc = evaluate(model, val_loader, device)

@@ -210,17 +210,17 @@ def uneven_steps(rank):
     return max(1, STEPS - rank)
 
 
-def train_single_process_uneven(opt_name, world, per_rank, divide_by_initial_world_size):
+def train_single_process_uneven(opt_name, world, per_rank, divide_by_initial_world_size, epochs=1):
     """The oracle of join(): at step s the ranks that still have data contribute their shard;
     the gradient is their sum over the world size (or over the ranks still training)."""
     model = make_model("mlp")
     opt = make_optimizer(opt_name, model.parameters())
     x, y, flags = make_data(world, per_rank, STEPS)
     g = world * per_rank
-    for step in range(STEPS):
+    for step in list(range(STEPS)) * epochs:
         active = [r for r in range(world) if uneven_steps(r) > step]
         if not active:
-            break
+            continue
         rows = np.concatenate([np.arange(step * g + r * per_rank, step * g + (r + 1) * per_rank) for r in active])
         divisor = world if divide_by_initial_world_size else len(active)
         opt.zero_grad()
@@ -229,22 +229,33 @@ def train_single_process_uneven(opt_name, world, per_rank, divide_by_initial_wor
     return _host(model)
 
 
-def scenario_join_uneven_inputs(opt_name="sgd", per_rank=3, divide_by_initial_world_size=True):
+def scenario_join_uneven_inputs(opt_name="sgd", per_rank=3, divide_by_initial_world_size=True, epochs=1):
+    """join() on uneven inputs for ``epochs`` epochs; with more than one, the optimizer joins too
+    (``Join([ddp, opt])``), so the replicas' optimizer state stays identical across epochs."""
+    from ddpgrad.distributed.algorithms import Join
+
     rank, world = dist.get_rank(), dist.get_world_size()
     model = make_model("mlp")
     ddp = DDP(model, bucket_cap_mb=0.0003)
     opt = make_optimizer(opt_name, ddp.parameters())
     x, y, flags = make_data(world, per_rank, STEPS)
     g = world * per_rank
-    with ddp.join(divide_by_initial_world_size=divide_by_initial_world_size):
+    for _ in range(epochs):
+        joined = Join([ddp, opt], divide_by_initial_world_size=divide_by_initial_world_size) if epochs > 1 else \
+            ddp.join(divide_by_initial_world_size=divide_by_initial_world_size)
+        _train_uneven_epoch(joined, ddp, opt, x, y, rank, g, per_rank)
+    reference = train_single_process_uneven(opt_name, world, per_rank, divide_by_initial_world_size, epochs)
+    return {"mismatches": compare(_host(model), reference)}
+
+
+def _train_uneven_epoch(joined, ddp, opt, x, y, rank, g, per_rank):
+    with joined:
         for step in range(uneven_steps(rank)):
             s = slice(step * g + rank * per_rank, step * g + (rank + 1) * per_rank)
             opt.zero_grad()
             xb, yb = _batch("cpu", x[s], y[s])
             ((ddp(xb) - yb) ** 2).mean().backward()  # one forward per step: each one is counted
             opt.step()
-    reference = train_single_process_uneven(opt_name, world, per_rank, divide_by_initial_world_size)
-    return {"mismatches": compare(_host(model), reference)}
 
 
 class RaiseOnce:

@@ -60,6 +60,12 @@ def test_join_on_uneven_inputs_matches_single_process_on_the_remaining_data(worl
     assert all(r["mismatches"] == [] for r in results), results
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_join_with_the_optimizer_keeps_replicas_identical_over_epochs(world):
+    results = run(world, ddp_cases.scenario_join_uneven_inputs, "adam", 3, True, 3)
+    assert all(r["mismatches"] == [] for r in results), results
+
+
 def test_join_with_adam_matches_single_process():
     results = run(3, ddp_cases.scenario_join_uneven_inputs, "adam")
     assert all(r["mismatches"] == [] for r in results), results

@@ -547,3 +547,15 @@ def test_help_is_printed_once_on_four_ranks():
     proc = run_example(["--help"], ranks=4)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("usage:") == 1 and "--synthetic N" in proc.stdout, proc.stdout
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install 'ddpgrad[mpi]')")
+def test_uneven_shards_train_under_join_with_replicas_identical(tmp_path):
+    # 1000 samples -> 800 train: shards of 267, 267, 266 and 2 per rank: 134, 134 and 133 batches
+    proc = subprocess.run(
+        [MPIEXEC, "-n", "3", sys.executable, str(EXAMPLE), "--synthetic", "1000", "--uneven", "--batch-size", "6",
+         "--epochs", "2", "--quiet", "--metrics", str(tmp_path / "m.jsonl")],
+        env=dict(_env(), DDPGRAD_DEBUG="1"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not bitwise identical" not in proc.stderr  # DDPGRAD_DEBUG compares the replicas every step
+    assert [r["epoch"] for r in read_metrics(tmp_path / "m.jsonl")] == [1, 2]

@@ -102,17 +102,22 @@ class DistributedDataParallel(Module):
         if timeline is not None:
             timeline.end("after backward")
             timeline.begin("forward", "forward")
-        if self._debug and self.reducer.step > 0:
-            self._check_replicas_identical()
         if self.training and self._join is not None:
             self._join.notify(self.require_backward_grad_sync)
-        self._sync_buffers()
+        self._before_forward_collectives()
         if self.training:
             self.reducer.prepare(self.require_backward_grad_sync)
         out = self.module(*args, **kwargs)
         if timeline is not None:
             timeline.end("forward")
         return out
+
+    def _before_forward_collectives(self):
+        """What every forward communicates before running the module (a rank inside ``join()``
+        that is out of data does the same): the DDPGRAD_DEBUG replica check, the buffers."""
+        if self._debug and self.reducer.step > 0:
+            self._check_replicas_identical()
+        self._sync_buffers()
 
     def _sync_buffers(self):
         if self.broadcast_buffers and self.comm.size > 1:

@@ -15,8 +15,8 @@ copy of each gradient into its bucket (hooks marked ``prescaled``), so averaging
 its own, and in a world of one the hook is the identity.
 
 Progress: MPICH advances a non-blocking collective only inside MPI calls, so every hook call also
-``test()``s the oldest bucket in flight; across nodes the MPI communicator adds a progress thread
-(see ``comm/mpi.py``).
+``test()``s the oldest bucket in flight; across nodes the kernel's socket buffers carry a bucket's
+bytes between those calls (an optional progress thread measured no faster, see ``comm/mpi.py``).
 """
 
 from __future__ import annotations

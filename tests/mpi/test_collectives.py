@@ -18,6 +18,7 @@ from conftest import WORLD, assert_all_ranks
 
 from ddpgrad.distributed.comm import CollectiveMismatch, CollectiveTimeout
 from ddpgrad.distributed.comm.mpi import MPICommunicator
+from ddpgrad.distributed.comm.sum16 import float_to_bf16_bits
 
 pytestmark = pytest.mark.mpi
 
@@ -192,7 +193,8 @@ only_in_single_rank_run = pytest.mark.skipif(
 RAISE_ON_RANK_2 = """
 import threading
 import numpy as np
-from ddpgrad.distributed.comm.mpi import MPICommunicator, install_abort_on_exception
+from ddpgrad.distributed.comm.mpi import MPICommunicator
+from ddpgrad.distributed.comm.sum16 import float_to_bf16_bits, install_abort_on_exception
 assert install_abort_on_exception() and install_abort_on_exception()
 comm = MPICommunicator()
 
@@ -212,6 +214,7 @@ RANK_1_NEVER_JOINS = """
 import time
 import numpy as np
 from ddpgrad.distributed.comm.mpi import MPICommunicator
+from ddpgrad.distributed.comm.sum16 import float_to_bf16_bits
 comm = MPICommunicator()
 if comm.rank == 1:
     time.sleep(60)
@@ -251,3 +254,22 @@ def test_a_rank_that_never_joins_makes_the_others_time_out_and_abort(tmp_path):
     for text in ("did not complete after waiting 2.0 s", "allreduce of bucket 0 at step 5", "DDPGRAD_TIMEOUT"):
         assert text in result.stderr, result.stderr
     assert "[rank 0] " in result.stderr or "[rank 2] " in result.stderr, result.stderr
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("op", ["sum", "sum_bf16"])
+def test_progress_thread_completes_collectives_without_the_main_thread_testing(monkeypatch, op):
+    monkeypatch.setenv("DDPGRAD_PROGRESS_THREAD", "1")
+    comm = MPICommunicator(timeout=60)
+    assert comm.progress_thread is not None
+    buf = np.full(200_003, 1.0, np.float32) if op == "sum" else np.full(200_003, 0x3F80, np.uint16)
+    work = comm.iallreduce(buf, op)
+    deadline = time.monotonic() + 20
+    while not work.done and time.monotonic() < deadline:
+        time.sleep(0.01)  # never test() here: only the progress thread can complete it
+    done = work.done
+    work.wait()
+    comm.progress_thread.stop()
+    assert_all_ranks(done, "the progress thread did not complete the collective on its own")
+    expected = comm.size if op == "sum" else int(float_to_bf16_bits(np.array([comm.size], np.float32))[0])
+    assert_all_ranks(bool(np.all(buf == expected)), f"{op}: {buf[:3]} != {expected}")

@@ -68,7 +68,7 @@ class DDPJoinHook:
         """One iteration of the ranks still training, with zero gradients."""
         ddp = self.ddp
         self.state.check_early_termination()
-        ddp._sync_buffers()
+        ddp._before_forward_collectives()
         if syncing:
             ddp.reducer.set_divisor(self.state.divisor(training))
             ddp.reducer.shadow_iteration()
@@ -83,10 +83,30 @@ class DDPJoinHook:
         ddp._sync_from_rank0(tensors, root=int(mine[0]) % comm.size)
 
 
+class OptimizerJoinHook:
+    """An optimizer in a ``Join``: a rank out of data steps it after each shadowed iteration with
+    the averaged gradients the others computed, so its parameters and optimizer state stay those
+    of the ranks still training."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.state = None
+
+    def shadow(self, training, syncing):
+        if syncing:
+            self.optimizer.step()
+
+    def post_hook(self):
+        pass
+
+
 class Join:
     """Context manager for uneven inputs (PyTorch's ``torch.distributed.algorithms.Join``).
 
-    ``joinables``: the ``DistributedDataParallel`` models trained in the loop. Keyword arguments
+    ``joinables``: the ``DistributedDataParallel`` models trained in the loop, and (a ddpgrad
+    addition) their optimizers: a rank out of data then also steps them with the averaged
+    gradients of the iterations it shadows, so its optimizer state stays identical too. Without
+    them the joined ranks' optimizer state misses those steps. Keyword arguments
     go to each model's join hook: ``divide_by_initial_world_size`` (default True, as PyTorch).
     With ``enable=False`` it does nothing. A rank out of data leaves its loop and waits in
     ``__exit__``, taking part in the others' iterations, until all are done. Only training
@@ -96,15 +116,19 @@ class Join:
     def __init__(self, joinables, enable=True, throw_on_early_termination=False, **kwargs):
         if not joinables:
             raise ValueError("Join needs at least one joinable (a DistributedDataParallel model)")
-        for j in joinables:
-            if not hasattr(j, "join_hook"):
-                raise TypeError(f"Join takes DistributedDataParallel models, got {type(j).__name__}")
-        self.joinables = list(joinables)
+        models = [j for j in joinables if hasattr(j, "join_hook")]
+        optimizers = [j for j in joinables if not hasattr(j, "join_hook")]
+        for j in optimizers:
+            if not (hasattr(j, "step") and hasattr(j, "param_groups")):
+                raise TypeError(f"Join takes DistributedDataParallel models and their optimizers, got {type(j).__name__}")
+        if not models:
+            raise ValueError("Join needs a DistributedDataParallel model among its joinables")
+        self.joinables = models
         self.enable = enable
-        self.hooks = [j.join_hook(throw_on_early_termination=throw_on_early_termination, **kwargs)
-                      for j in self.joinables]
+        self.hooks = [j.join_hook(throw_on_early_termination=throw_on_early_termination, **kwargs) for j in models]
         for hook in self.hooks:
             hook.state.counter = self.hooks[0].state
+        self.hooks += [OptimizerJoinHook(opt) for opt in optimizers]
 
     def __enter__(self):
         if self.enable:
@@ -135,4 +159,4 @@ class Join:
         return False
 
 
-__all__ = ["DDPJoinHook", "Join", "JoinState"]
+__all__ = ["DDPJoinHook", "Join", "JoinState", "OptimizerJoinHook"]
