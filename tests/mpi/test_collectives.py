@@ -193,8 +193,7 @@ only_in_single_rank_run = pytest.mark.skipif(
 RAISE_ON_RANK_2 = """
 import threading
 import numpy as np
-from ddpgrad.distributed.comm.mpi import MPICommunicator
-from ddpgrad.distributed.comm.sum16 import float_to_bf16_bits, install_abort_on_exception
+from ddpgrad.distributed.comm.mpi import MPICommunicator, install_abort_on_exception
 assert install_abort_on_exception() and install_abort_on_exception()
 comm = MPICommunicator()
 
