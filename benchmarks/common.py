@@ -235,16 +235,10 @@ def mpi_rank_size() -> tuple[int, int]:
 
 
 def find_mpiexec() -> str:
-    """The mpiexec installed beside this Python (the mpich wheel's), else the first on PATH."""
-    import shutil
+    """The mpiexec ddprun would use (beside this Python, else the first on PATH)."""
+    from ddpgrad.launch.mpiexec import find_mpiexec as ddprun_mpiexec  # noqa: PLC0415
 
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if os.access(here, os.X_OK):
-        return here
-    found = shutil.which("mpiexec") or shutil.which("mpirun")
-    if not found:
-        raise SystemExit("no mpiexec found: pip install mpich (or load your MPI) to run the MPI benchmarks")
-    return found
+    return ddprun_mpiexec()
 
 
 def mpi_command(script: str, nranks: int, args=()) -> list[str]:
