@@ -77,6 +77,7 @@ class HostStaging:
             self._waiting.popleft()
             work.copied.synchronize()
             work.work = work.start_host(work.host)
+            work.work.seq = getattr(work, "seq", None)  # the communicator's number for this call
             if work is until:
                 return
 
