@@ -124,3 +124,22 @@ def test_ranks_out_of_step_are_named_at_the_end_of_backward():
     messages = run(2, body)
     for m in messages:
         assert m is not None and "out of step" in m and "rank 0: step 0" in m and "rank 1: step 1" in m, m
+
+
+def test_linear_writes_its_gradients_straight_into_the_bucket_views(monkeypatch):
+    import ddpgrad.ops.nn as ops_nn
+
+    used = []
+    original = ops_nn.gradient_destination
+
+    def spy(ctx, i):
+        found = original(ctx, i)
+        if getattr(ctx.next_nodes[i], "destination", None) is not None:  # a DDP parameter, not the oracle's
+            used.append(found is not None)
+        return found
+
+    monkeypatch.setattr(ops_nn, "gradient_destination", spy)
+    results = run(2, ddp_cases.scenario_matches_single_process, "mlp", "sgd", 4, 1, 0.0003)
+    assert all(r["mismatches"] == [] for r in results), results
+    steps, ranks, linear_params = ddp_cases.STEPS, 2, 6
+    assert len(used) == steps * ranks * linear_params and all(used), f"{used.count(False)} of {len(used)} copied"

@@ -77,6 +77,10 @@ def run_backward(roots, root_grads, retain_graph=False, capture=None):
                 seen.add(parent)
                 stack.append(parent)
 
+    for parent, count in deps.items():
+        if type(parent) is AccumulateGrad:
+            parent.sole_contribution = capture is None and count == 1
+
     tiebreak = 0
     ready = []
     for node in buffers:
@@ -101,7 +105,7 @@ def run_backward(roots, root_grads, retain_graph=False, capture=None):
                     grads = (None,) * len(node.next_nodes)
                 elif type(node) is AccumulateGrad:
                     if capture is None:
-                        _accumulate(node.variable, grad, owned)
+                        _accumulate(node.variable, grad, owned, node.destination)
                     elif node in capture:
                         hooks = node.variable._hooks
                         capture[node] = _run_pre_hooks(hooks, grad) if hooks else grad
@@ -195,13 +199,15 @@ def _fit_grads(node, grads):
     )
 
 
-def _accumulate(variable, grad, owned=False):
+def _accumulate(variable, grad, owned=False, destination=None):
     if variable._hooks:
         grad = _run_pre_hooks(variable._hooks, grad)
         owned = False
     existing = variable.grad
     if existing is None:
-        if owned and _takeable(grad):
+        if destination is not None and grad is destination[0]:
+            variable.grad = destination[1]  # the backward wrote it there (gradient_destination)
+        elif owned and _takeable(grad):
             variable.grad = Tensor._make(grad)  # nobody else holds it: take it, no copy
         else:
             # A copy (grad may alias another tensor's array), and always a real array: NumPy hands

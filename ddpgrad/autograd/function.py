@@ -146,7 +146,7 @@ class Function:
 class AccumulateGrad:
     """The node of a leaf tensor that requires grad: adds incoming gradients into ``.grad``."""
 
-    __slots__ = ("variable", "__weakref__")
+    __slots__ = ("variable", "destination", "sole_contribution", "__weakref__")
     next_nodes = ()
     next_functions = ()
     seq = float("inf")  # leaves are accumulated as soon as their gradient is final
@@ -154,12 +154,28 @@ class AccumulateGrad:
 
     def __init__(self, variable):
         self.variable = variable
+        self.destination = None  # (array, its Tensor, scale): where the gradient may be written
+        self.sole_contribution = False  # set by the engine: one edge into this node in this pass
 
     def name(self):
         return "torch::autograd::AccumulateGrad"
 
     def __repr__(self):
         return "<AccumulateGrad>"
+
+
+def gradient_destination(ctx, i):
+    """Where a backward may write input ``i``'s gradient itself: ``(array, scale)``, to be filled
+    with ``scale`` times the gradient, when that input is a leaf with no gradient yet, no hooks,
+    a ``destination`` set (the DDP reducer's bucket views) and this node as its only contribution
+    in this pass; else None. Saves copying the gradient into the buffer afterwards."""
+    node = ctx.next_nodes[i]
+    if type(node) is not AccumulateGrad or node.destination is None or not node.sole_contribution:
+        return None
+    variable = node.variable
+    if variable.grad is not None or variable._hooks:
+        return None
+    return node.destination[0], node.destination[2]
 
 
 _FREED_MESSAGE = (

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from ..autograd.engine import queue_callback
+from ..autograd.function import leaf_node
 from ..backend import array_module
 from ..tensor import Tensor
 from .algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -98,6 +99,8 @@ class Reducer:
         self.buckets = []
         self._build(list(reversed(range(len(self.params)))), [])
         self._hooks = [p.register_post_accumulate_grad_hook(self._hook(i)) for i, p in enumerate(self.params)]
+        self._nodes = [leaf_node(p) for p in self.params]
+        self._armed = np.zeros(len(self.params), dtype=bool)
 
     def set_comm_hook(self, state, hook):
         """Let ``hook(state, bucket)`` communicate each bucket (see ``GradBucket``)."""
@@ -170,10 +173,14 @@ class Reducer:
         if self._in_backward:
             self._recover()
         self.sync = sync
-        params, views, tensors = self.params, self._views, self._grad_tensors
+        params, views, tensors, nodes = self.params, self._views, self._grad_tensors, self._nodes
+        scale = self._scale if sync and self._scale is not None else 1.0
         for i, p in enumerate(params):
             g = p.grad
-            if g is not None and g._data is not views[i]:
+            if g is None:  # an op may write the first contribution straight into the view
+                nodes[i].destination = (views[i], tensors[i], scale)
+                self._armed[i] = True
+            elif g._data is not views[i]:
                 views[i][...] = g._data
                 p.grad = tensors[i]
 
@@ -192,6 +199,9 @@ class Reducer:
 
     def _reset_iteration(self):
         self._in_backward = False
+        for i in np.flatnonzero(self._armed):
+            self._nodes[i].destination = None
+        self._armed[:] = False
         for bucket in self.buckets:
             bucket.pending = len(bucket.members)
             bucket.work = None
@@ -207,7 +217,14 @@ class Reducer:
     def _on_ready(self, i, param):
         view = self._views[i]
         sync = self.sync
-        if param.grad._data is not view:  # first contribution: copy it in (scaled when averaging)
+        written = False
+        if self._armed[i]:
+            self._armed[i] = False
+            self._nodes[i].destination = None
+            written = param.grad is self._grad_tensors[i]  # the op wrote it into the view, scaled
+        if written:
+            pass
+        elif param.grad._data is not view:  # first contribution: copy it in (scaled when averaging)
             if sync and self._scale is not None and self._scale != 1.0:
                 array_module(view).multiply(param.grad._data, self._scale, out=view)
             else:

@@ -3,7 +3,7 @@ numerically stable formulas (log-softmax inside cross-entropy, softplus inside B
 
 from __future__ import annotations
 
-from ..autograd.function import Function
+from ..autograd.function import Function, gradient_destination
 from ..backend import array_module
 from .elementwise import sigmoid_array
 from .reduce import log_softmax_array
@@ -34,9 +34,20 @@ class Linear(Function):
         x, weight = ctx.saved_tensors
         gx = grad @ weight if _wants(ctx, 0) else None
         g2 = grad.reshape(-1, grad.shape[-1]) if grad.ndim != 2 else grad
-        gw = g2.T @ x.reshape(-1, x.shape[-1]) if _wants(ctx, 1) else None
-        gb = g2.sum(axis=0) if len(ctx.next_nodes) > 2 and _wants(ctx, 2) else None
+        gw = gb = None
+        if _wants(ctx, 1):
+            x2 = x.reshape(-1, x.shape[-1])
+            into = gradient_destination(ctx, 1)  # the weight's bucket view under DDP: no copy
+            gw = g2.T @ x2 if into is None else array_module(g2).matmul(_scaled(g2, into[1]).T, x2, out=into[0])
+        if len(ctx.next_nodes) > 2 and _wants(ctx, 2):
+            into = gradient_destination(ctx, 2)
+            gb = g2.sum(axis=0) if into is None else _scaled(g2, into[1]).sum(axis=0, out=into[0])
         return gx, gw, gb
+
+
+def _scaled(grad, scale):
+    """``scale * grad`` (the upstream gradient is small: scaling it is cheaper than the result)."""
+    return grad if scale == 1.0 else grad * scale
 
 
 def _reduce(loss, reduction, denom=None):
