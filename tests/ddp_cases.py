@@ -353,3 +353,35 @@ def scenario_nonfinite_gradient_is_named(bad_rank):
     except FloatingPointError as exc:
         return str(exc)
     return None
+
+
+class Branches(nn.Module):
+    """A head used only when asked: unused in some micro-batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(IN, OUT, dtype=ddpgrad.float64)
+        self.b = nn.Linear(IN, OUT, dtype=ddpgrad.float64)
+
+    def forward(self, x, use_b):
+        out = self.a(x)
+        return out + self.b(x) if use_b else out
+
+
+def scenario_no_sync_branch_unused_in_the_synchronised_pass():
+    """Micro-batch 1 (no_sync) uses head b, micro-batch 2 (synchronised) does not: b's gradient
+    is the accumulated one, averaged like the rest (one process on the global batches: oracle)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    x = np.random.default_rng(3).standard_normal((2, world, 4, IN))
+    ddpgrad.manual_seed(0)
+    model = Branches()
+    ddp = DDP(model)
+    with ddp.no_sync():
+        (ddp(ddpgrad.tensor(x[0, rank]), True) ** 2).mean().backward()
+    (ddp(ddpgrad.tensor(x[1, rank]), False) ** 2).mean().backward()
+    ddpgrad.manual_seed(0)
+    oracle = Branches()
+    for micro in range(2):
+        ((oracle(ddpgrad.tensor(x[micro].reshape(world * 4, IN)), micro == 0) ** 2).mean()).backward()
+    got = {n: p.grad.numpy() for n, p in model.named_parameters()}
+    return compare(got, {n: p.grad.numpy() for n, p in oracle.named_parameters()})

@@ -143,3 +143,29 @@ def test_linear_writes_its_gradients_straight_into_the_bucket_views(monkeypatch)
     assert all(r["mismatches"] == [] for r in results), results
     steps, ranks, linear_params = ddp_cases.STEPS, 2, 6
     assert len(used) == steps * ranks * linear_params and all(used), f"{used.count(False)} of {len(used)} copied"
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_no_sync_gradient_of_a_branch_the_synchronised_pass_skips_is_averaged(world):
+    results = run(world, ddp_cases.scenario_no_sync_branch_unused_in_the_synchronised_pass)
+    assert all(r == [] for r in results), results
+
+
+def test_join_refuses_two_models_with_advice():
+    from ddpgrad.distributed.algorithms import Join
+
+    def body():
+        a, b = ddp_cases.DDP(ddp_cases.make_model("mlp")), ddp_cases.DDP(ddp_cases.make_model("mlp"))
+        try:
+            Join([a, b])
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    for m in run(2, body):
+        assert m is not None and "one DistributedDataParallel model" in m, m
+
+
+def test_backward_that_raised_late_in_a_world_of_one_leaves_ddp_ready():
+    results = run(1, ddp_cases.scenario_backward_raises_then_trains, "late")
+    assert results[0]["error"] is None and results[0]["mismatches"] == [], results

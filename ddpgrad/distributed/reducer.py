@@ -50,9 +50,9 @@ extra messages cost little; measured on the 784-1024-1024-10 MLP (benchmarks/REA
 
 
 FINGERPRINT_FIELDS = ("step", "collectives started", "bucket layout")
-FINGERPRINT_MODULUS = 1 << 20
-"""Fingerprint values are taken modulo 2**20, so their squares summed over ranks stay exact in
-int64 for any world size below 2**23."""
+FINGERPRINT_MODULUS = 1 << 16
+"""Fingerprint values are taken modulo 2**16: size * sum(f**2) <= size**2 * 2**32 stays exact in
+int64 for any world size up to 2**15."""
 
 
 class Bucket:
@@ -187,7 +187,7 @@ class Reducer:
     def _recover(self):
         """The last backward raised before its end: reset if no bucket went out, else refuse."""
         launched = [b.index for b in self.buckets if b.work is not None]
-        if launched:
+        if launched and self.comm.size > 1:
             raise RuntimeError(
                 f"DistributedDataParallel: the previous backward pass on rank {self.comm.rank} "
                 f"raised after bucket(s) {launched} had started their reduction at step "
@@ -232,7 +232,8 @@ class Reducer:
             param.grad = self._grad_tensors[i]
         elif sync and self._scale is not None and self._scale != 1.0:
             view *= self._scale  # the engine added into an accumulated gradient
-        self._used[i] = 1
+        if sync:  # only a synchronised pass says which parameters it used
+            self._used[i] = 1
         if not self._rebuilt:
             self._ready_at[i] = time.perf_counter()
         if self.check_finite and self._first_nonfinite < 0 and not bool(array_module(view).isfinite(view).all()):
@@ -289,6 +290,14 @@ class Reducer:
         """End of backward: launch what is left, wait, mark globally unused parameters, and check
         that every rank is at the same point (``_check_in_step``)."""
         self._in_backward = False
+        try:
+            self._reduce_all()
+        except BaseException:
+            if any(b.work is not None for b in self.buckets):
+                self._in_backward = True  # the next forward refuses (``_recover``)
+            raise
+
+    def _reduce_all(self):
         timeline = self.timeline
         if timeline is not None:
             timeline.end("backward")
@@ -334,7 +343,7 @@ class Reducer:
     # ------------------------------------------------------------------ cross-rank checks
     def _fingerprint(self):
         """What every rank must agree on at the end of a backward: the step, how many collectives
-        this communicator has started, and the bucket layout (each below 2**20)."""
+        this communicator has started, and the bucket layout (each modulo 2**16)."""
         layout = sum((k + 1) * (b.buffer.size % 65521) for k, b in enumerate(self.buckets))
         return np.array([self.step, self.comm.calls, layout], dtype=np.int64) % FINGERPRINT_MODULUS
 
@@ -391,15 +400,18 @@ class Reducer:
         self._finalize()
 
     def _zero_unused(self):
-        """Parameters without a gradient this pass contribute zeros; an accumulated gradient
-        that this pass did not add to is scaled like the others."""
+        """Parameters without a gradient this pass contribute zeros; one that has a gradient
+        accumulated before (``no_sync`` micro-batches, no ``zero_grad``) but got nothing in this
+        pass is scaled like the others and counts as used, so it keeps its gradient."""
         for i in np.flatnonzero(self._used == 0):
             p = self.params[i]
             if p.grad is None:
                 self._views[i].fill(0)
                 p.grad = self._grad_tensors[i]
-            elif self._scale is not None and self._scale != 1.0:
-                self._views[i][...] *= self._scale
+            else:
+                self._used[i] = 1
+                if self._scale is not None and self._scale != 1.0:
+                    self._views[i][...] *= self._scale
 
     def _rebuild_from_observed_times(self):
         """After the first iteration: buckets follow the order gradients actually became ready,

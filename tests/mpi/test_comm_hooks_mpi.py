@@ -107,3 +107,14 @@ def test_compression_hooks_keep_replicas_identical_and_close_to_uncompressed(kin
         threads = launch_threads(cases.train, WORLD.Get_size(), args=(hook,), timeout=60)[WORLD.Get_rank()]
         same = np.array_equal(threads["params"], got["params"]) and np.array_equal(threads["grad"], grad)
         assert_all_ranks(same, f"{kind}: MPI and threads training differ")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_16bit_allreduces_complete_when_waited_in_any_order(comm, op):
+    bufs = [cases.encode(cases.rank_values(comm.rank, n), op) for n in (10_001, 3, 50_000)]
+    works = [comm.iallreduce(b, op) for b in bufs]
+    for work in reversed(works):  # the newest first: it must drive the older ones on
+        work.wait()
+    for b, n in zip(bufs, (10_001, 3, 50_000)):
+        expected = sum(cases.rank_values(r, n) for r in range(comm.size))
+        assert_all_ranks(np.array_equal(cases.decode(b, op), expected), f"n={n}: wrong sum")

@@ -127,3 +127,9 @@ def test_ddp_with_gpu_gradients_matches_single_process():
         pytest.skip("no CUDA GPU with CuPy here (pip install 'ddpgrad[gpu]' on a GPU machine)")
     r = ddp_cases.scenario_matches_single_process("mlp", "adam", 4, 1, 0.0003, "cuda")
     assert_all_ranks(r["mismatches"] == [], r["mismatches"])
+
+
+@pytest.mark.mpi(min_size=1)
+def test_no_sync_gradient_of_a_branch_the_synchronised_pass_skips_is_averaged():
+    mismatches = ddp_cases.scenario_no_sync_branch_unused_in_the_synchronised_pass()
+    assert_all_ranks(mismatches == [], mismatches)

@@ -105,8 +105,11 @@ class Join:
 
     ``joinables``: the ``DistributedDataParallel`` models trained in the loop, and (a ddpgrad
     addition) their optimizers: a rank out of data then also steps them with the averaged
-    gradients of the iterations it shadows, so its optimizer state stays identical too. Without
-    them the joined ranks' optimizer state misses those steps. Keyword arguments
+    gradients of the iterations it shadows, so its optimizer state stays identical too (it steps
+    on every shadowed synchronised iteration: a loop that skips steps, or steps an LR scheduler,
+    must do the same on every rank itself). Without them the joined ranks' optimizer state
+    misses those steps. ``divide_by_initial_world_size=False`` applies to the built-in hooks; a
+    user's communication hook divides as it does. Keyword arguments
     go to each model's join hook: ``divide_by_initial_world_size`` (default True, as PyTorch).
     With ``enable=False`` it does nothing. A rank out of data leaves its loop and waits in
     ``__exit__``, taking part in the others' iterations, until all are done. Only training
@@ -121,8 +124,12 @@ class Join:
         for j in optimizers:
             if not (hasattr(j, "step") and hasattr(j, "param_groups")):
                 raise TypeError(f"Join takes DistributedDataParallel models and their optimizers, got {type(j).__name__}")
-        if not models:
-            raise ValueError("Join needs a DistributedDataParallel model among its joinables")
+        if len(models) != 1:
+            raise ValueError(
+                f"Join takes one DistributedDataParallel model (and its optimizers), got {len(models)}: a "
+                f"rank out of data can not know how the others interleave several models' collectives; "
+                f"wrap the models in one module and one DistributedDataParallel"
+            )
         self.joinables = models
         self.enable = enable
         self.hooks = [j.join_hook(throw_on_early_termination=throw_on_early_termination, **kwargs) for j in models]

@@ -335,6 +335,8 @@ class Communicator:
         """Number this call; under DDPGRAD_DEBUG=1 first check that every rank makes the same one."""
         seq, self.calls = self.calls, self.calls + 1
         if self._fingerprints:
+            if self._staging is not None:
+                self._staging.launch()  # staged collectives started before this one go out first
             count, dtype = (0, np.uint8) if buf is None else (buf.size, buf.dtype)
             check = self._numbered(self._iallgather(pack_fingerprint(kind, count, dtype, seq, param),
                                                     f"fingerprint of collective #{seq}"), seq)

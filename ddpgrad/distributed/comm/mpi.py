@@ -440,14 +440,30 @@ class _Sum16Work(_MPIWork):
             if not self._summed:
                 if not self._request.Test():
                     return False
-                comm, chunk = self.comm, self._chunk
-                sum_rows_16(self._rows, self._op, self._padded[comm.rank * chunk:(comm.rank + 1) * chunk])
-                self._rows = None
-                self._summed = True
+                self._sum()
             self.comm._start_gathers()
             if self._gather is None:
                 return False
         return self._gather.Test()
+
+    def _sum(self):
+        comm, chunk = self.comm, self._chunk
+        sum_rows_16(self._rows, self._op, self._padded[comm.rank * chunk:(comm.rank + 1) * chunk])
+        self._rows = None
+        self._summed = True
+
+    def try_sum(self) -> bool:
+        """Sum this rank's chunk if the alltoall is done (unless another thread is at it)."""
+        if self._summed:
+            return True
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._summed and self._request.Test():
+                self._sum()
+            return self._summed
+        finally:
+            self._lock.release()
 
     def _start_gather(self):
         self._gather = self.comm._gather_comm.Iallgather(self.comm._mpi.IN_PLACE,
@@ -497,8 +513,8 @@ class MPICommunicator(Communicator):
 
     def _start_gathers(self):
         """Start the allgathers of 16-bit sums whose own part is summed, oldest first."""
-        with self._gathers_lock:
-            while self._gathers and self._gathers[0]._summed:
+        with self._gathers_lock:  # the oldest first, driving it on (it may be waited on last)
+            while self._gathers and self._gathers[0].try_sum():
                 self._gathers.popleft()._start_gather()
 
     def _tracked(self, work):
