@@ -112,6 +112,11 @@ class Reducer:
         inside ``join()``); only a ``prescaled`` hook's buckets are divided by the reducer."""
         self._scale = 1.0 / ranks if getattr(self.comm_hook, "prescaled", False) else None
 
+    def _factor(self):
+        """What this pass multiplies local gradients by as they enter their buckets: 1/ranks when
+        it synchronises through a ``prescaled`` hook (None when there is nothing to multiply)."""
+        return self._scale if self.sync and self._scale not in (None, 1.0) else None
+
     # ------------------------------------------------------------------ layout
     def _build(self, order, breaks):
         """(Re)build buckets for parameters in ``order``, closing one before each index in
@@ -174,7 +179,7 @@ class Reducer:
             self._recover()
         self.sync = sync
         params, views, tensors, nodes = self.params, self._views, self._grad_tensors, self._nodes
-        scale = self._scale if sync and self._scale is not None else 1.0
+        scale = self._factor() or 1.0
         for i, p in enumerate(params):
             g = p.grad
             if g is None:  # an op may write the first contribution straight into the view
@@ -222,16 +227,16 @@ class Reducer:
             self._armed[i] = False
             self._nodes[i].destination = None
             written = param.grad is self._grad_tensors[i]  # the op wrote it into the view, scaled
-        if written:
-            pass
-        elif param.grad._data is not view:  # first contribution: copy it in (scaled when averaging)
-            if sync and self._scale is not None and self._scale != 1.0:
-                array_module(view).multiply(param.grad._data, self._scale, out=view)
-            else:
-                view[...] = param.grad._data
-            param.grad = self._grad_tensors[i]
-        elif sync and self._scale is not None and self._scale != 1.0:
-            view *= self._scale  # the engine added into an accumulated gradient
+        if not written:
+            factor = self._factor()
+            if param.grad._data is not view:  # first contribution: copy it in, scaled when averaging
+                if factor is None:
+                    view[...] = param.grad._data
+                else:
+                    array_module(view).multiply(param.grad._data, factor, out=view)
+                param.grad = self._grad_tensors[i]
+            elif factor is not None:
+                view *= factor  # the engine added into an accumulated gradient
         if sync:  # only a synchronised pass says which parameters it used
             self._used[i] = 1
         if not self._rebuilt:
@@ -410,8 +415,9 @@ class Reducer:
                 p.grad = self._grad_tensors[i]
             else:
                 self._used[i] = 1
-                if self._scale is not None and self._scale != 1.0:
-                    self._views[i][...] *= self._scale
+                factor = self._factor()
+                if factor is not None:
+                    self._views[i][...] *= factor
 
     def _rebuild_from_observed_times(self):
         """After the first iteration: buckets follow the order gradients actually became ready,

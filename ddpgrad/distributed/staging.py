@@ -121,7 +121,3 @@ class StagedWork:
             self.staging.release(self.key, self.host)
             self.host = None
         return self._result
-
-    @property
-    def result(self):
-        return self.wait()

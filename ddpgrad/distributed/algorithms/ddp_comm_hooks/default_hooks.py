@@ -23,6 +23,7 @@ it to the host if MPI can not read device memory.
 from __future__ import annotations
 
 from ....backend import array_module
+from ...comm.base import Work
 from ...comm.sum16 import bf16_bits_to_float32, float_to_bf16_bits, float_to_fp16, fp16_to_float32
 
 
@@ -45,19 +46,6 @@ class _ThenWork:
         return self._result
 
 
-class _Done:
-    """The handle of a bucket that needs no communication (a world of one)."""
-
-    def __init__(self, result):
-        self._result = result
-
-    def test(self) -> bool:
-        return True
-
-    def wait(self, timeout=None):
-        return self._result
-
-
 def _local_mean(bucket):
     """The bucket's buffer divided by the world size (in place, unless the reducer did it)."""
     buffer = bucket.buffer()
@@ -71,7 +59,7 @@ def allreduce_hook(process_group, bucket):
     DDP's default); in a world of one, the identity."""
     buffer = _local_mean(bucket)
     if bucket.comm.size == 1:
-        return _Done(buffer)
+        return Work(bucket.comm, "allreduce", bucket.describe, result=buffer)  # already complete
     return bucket.comm.iallreduce(buffer, "sum", describe=bucket.describe)
 
 
